@@ -1,0 +1,21 @@
+r"""arflows: autoregressive normalizing flows for PyTorch.
+
+Example:
+    >>> import arflows
+    >>> flow = arflows.MAF(features=2, transforms=2, hidden_features=(16, 16))
+    >>> flow().log_prob(torch.zeros(4, 2)).shape
+    torch.Size([4])
+"""
+
+__all__ = [
+    "IAF",
+    "MAF",
+    "Flow",
+    "__version__",
+    "check_autoregressive",
+]
+
+__version__ = "0.1.0"
+
+from .flows import IAF, MAF, Flow
+from .transforms import check_autoregressive

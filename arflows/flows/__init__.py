@@ -1,0 +1,25 @@
+r"""Flows: lazy transforms and distributions, MAF and IAF."""
+
+__all__ = [
+    "IAF",
+    "MAF",
+    "Flow",
+    "LazyDistribution",
+    "LazyInverse",
+    "LazyTransform",
+    "MaskedAutoregressiveTransform",
+    "NormalizingFlow",
+    "StandardNormal",
+    "Unconditional",
+]
+
+from .autoregressive import IAF, MAF, MaskedAutoregressiveTransform
+from .bases import StandardNormal
+from .lazy import (
+    Flow,
+    LazyDistribution,
+    LazyInverse,
+    LazyTransform,
+    NormalizingFlow,
+    Unconditional,
+)

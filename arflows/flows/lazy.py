@@ -1,0 +1,200 @@
+r"""Lazy transforms and distributions, and the :class:`Flow` that composes them.
+
+Lazy objects are modules that own parameters and, called with an optional context, return a
+transform or a distribution.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "Flow",
+    "LazyDistribution",
+    "LazyInverse",
+    "LazyTransform",
+    "NormalizingFlow",
+    "Unconditional",
+]
+
+import abc
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Size, Tensor, nn
+from torch.distributions import Distribution
+
+from ..transforms import ComposedTransform, Transform
+
+
+class LazyTransform(nn.Module, abc.ABC):
+    r"""A module that returns a transform :math:`f(\cdot\,; c)` when called with a context."""
+
+    @abc.abstractmethod
+    def forward(self, c: Tensor | None = None) -> Transform:
+        r"""Args: c: The context, with shape :math:`(*, C)`, or ``None``."""
+
+
+class LazyDistribution(nn.Module, abc.ABC):
+    r"""A module that returns a distribution :math:`p(\cdot \mid c)` when called."""
+
+    @abc.abstractmethod
+    def forward(self, c: Tensor | None = None) -> Distribution:
+        r"""Args: c: The context, with shape :math:`(*, C)`, or ``None``."""
+
+
+class LazyInverse(LazyTransform):
+    r"""The inverse :math:`f^{-1}(\cdot\,; c)` of a lazy transform (same parameters).
+
+    Args:
+        transform: The lazy transform to invert.
+    """
+
+    def __init__(self, transform: LazyTransform):
+        super().__init__()
+        self.transform = transform
+
+    def forward(self, c: Tensor | None = None) -> Transform:  # noqa: D102
+        return self.transform(c).inv
+
+
+class Unconditional(LazyTransform):
+    r"""A lazy transform that ignores the context: ``meta(*args)`` on every call.
+
+    Tensor arguments are registered as buffers (or parameters with ``buffer=False``), so they
+    follow ``.to(...)`` moves.
+
+    Args:
+        meta: A function or class returning a transform.
+        args: Its positional arguments.
+        buffer: Whether tensor arguments are buffers (fixed) rather than parameters.
+
+    Example:
+        >>> from arflows.transforms import PermutationTransform
+        >>> t = Unconditional(PermutationTransform, torch.tensor([1, 0]))
+        >>> t()(torch.tensor([1.0, 2.0])).tolist()
+        [2.0, 1.0]
+    """
+
+    def __init__(self, meta: Callable[..., Transform], *args: object, buffer: bool = True):
+        super().__init__()
+        self.meta = meta
+        self._n_args = len(args)
+        for i, arg in enumerate(args):
+            name = f"_arg{i}"
+            if isinstance(arg, Tensor):
+                if buffer:
+                    self.register_buffer(name, arg)
+                else:
+                    self.register_parameter(name, nn.Parameter(arg))
+            else:
+                setattr(self, name, arg)
+
+    def forward(self, c: Tensor | None = None) -> Transform:  # noqa: D102
+        return self.meta(*(getattr(self, f"_arg{i}") for i in range(self._n_args)))
+
+    def extra_repr(self) -> str:  # noqa: D102
+        return getattr(self.meta, "__name__", repr(self.meta))
+
+
+class NormalizingFlow(Distribution):
+    r"""The distribution of :math:`x = f^{-1}(z)`, :math:`z \sim p_Z`.
+
+    .. math:: \log p(x) = \log p_Z(f(x)) + \log |\det J_f(x)|.
+
+    Args:
+        transform: The transform :math:`f`, data to noise.
+        base: The base distribution :math:`p_Z`; its batch and event shapes are the flow's.
+    """
+
+    arg_constraints: dict = {}
+    has_rsample = True
+
+    def __init__(self, transform: Transform, base: Distribution):
+        self.transform, self.base = transform, base
+        super().__init__(base.batch_shape, base.event_shape, validate_args=False)
+
+    def _ladj(self, ladj: Tensor) -> Tensor:
+        extra = len(self.event_shape) - self.transform.domain.event_dim
+        return ladj.sum(tuple(range(-extra, 0))) if extra > 0 else ladj
+
+    def _check(self, x: Tensor) -> None:
+        n = len(self.event_shape)
+        if x.dim() < n or x.shape[x.dim() - n :] != self.event_shape:
+            raise ValueError(
+                f"expected x with shape (*, {', '.join(map(str, self.event_shape))}), "
+                f"got {tuple(x.shape)}"
+            )
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        r"""The log-density :math:`\log p(x)`.
+
+        Args:
+            x: The data, with shape :math:`(*, D)`, broadcast against the batch shape.
+
+        Returns:
+            The log-densities, with shape :math:`(*)`.
+        """
+        self._check(x)
+        z, ladj = self.transform.call_and_ladj(x)
+        return self.base.log_prob(z) + self._ladj(ladj)
+
+    def rsample(self, sample_shape: Size | Sequence[int] = ()) -> Tensor:
+        r"""Reparameterised samples, with shape ``sample_shape + batch_shape + event_shape``."""
+        z = self.base.rsample(Size(sample_shape))
+        return self.transform.inv(z)
+
+    def rsample_and_log_prob(
+        self, sample_shape: Size | Sequence[int] = ()
+    ) -> tuple[Tensor, Tensor]:
+        r"""Reparameterised samples and their log-density, in one inverse pass."""
+        z = self.base.rsample(Size(sample_shape))
+        x, ladj = self.transform.inv.call_and_ladj(z)
+        return x, self.base.log_prob(z) + self._ladj(ladj)
+
+    def sample_and_log_prob(
+        self, sample_shape: Size | Sequence[int] = ()
+    ) -> tuple[Tensor, Tensor]:
+        r"""Samples and their log-density, without gradients."""
+        with torch.no_grad():
+            return self.rsample_and_log_prob(sample_shape)
+
+    def expand(self, batch_shape: Size, _instance: object = None) -> NormalizingFlow:  # noqa: D102
+        raise NotImplementedError(
+            "a flow's batch shape comes from its context; call the flow with a batch of contexts"
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"NormalizingFlow(batch_shape={tuple(self.batch_shape)}, "
+            f"event_shape={tuple(self.event_shape)})"
+        )
+
+
+class Flow(LazyDistribution):
+    r"""A normalizing flow: lazy transforms :math:`f_1, \dots, f_n` on a lazy base.
+
+    The transforms map **data to noise**: :math:`z = f(x) = f_n \circ \dots \circ f_1(x)`, so
+
+    .. math:: \log p(x \mid c) = \log p_Z(f(x; c) \mid c) + \log |\det J_f(x; c)|,
+
+    and sampling computes :math:`x = f^{-1}(z)`. ``flow(c)`` returns a
+    :class:`NormalizingFlow` distribution whose batch shape is ``c.shape[:-1]`` and event
+    shape :math:`(D,)`; a batch of contexts gives a batch of distributions.
+
+    Args:
+        transforms: The lazy transforms :math:`f_1, \dots, f_n`, data side first.
+        base: The lazy base distribution.
+    """
+
+    def __init__(self, transforms: Sequence[LazyTransform], base: LazyDistribution):
+        super().__init__()
+        self.transforms = nn.ModuleList(transforms)
+        self.base = base
+
+    def forward(self, c: Tensor | None = None) -> NormalizingFlow:
+        r"""The distribution :math:`p(\cdot \mid c)`.
+
+        Args:
+            c: The context, with shape :math:`(*, C)`, or ``None`` for unconditional flows.
+        """
+        transform = ComposedTransform(*(t(c) for t in self.transforms))
+        return NormalizingFlow(transform, self.base(c))

@@ -1,0 +1,288 @@
+r"""Masked autoregressive networks: :class:`MaskedLinear` and :class:`MADE`."""
+
+from __future__ import annotations
+
+__all__ = ["MADE", "MaskedLinear", "broadcast_context", "split_params"]
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import BoolTensor, LongTensor, Tensor, nn
+
+from .masks import hidden_degrees, input_degrees, mask
+
+
+class MaskedLinear(nn.Linear):
+    r"""Linear layer :math:`y = (W \odot M) x + b` with a fixed binary mask :math:`M`.
+
+    Args:
+        mask: The mask :math:`M`, with shape :math:`(O, I)` (a ``nn.Linear`` weight's layout).
+        bias: Whether to learn a bias.
+
+    Example:
+        >>> layer = MaskedLinear(torch.tensor([[True, False], [True, True]]))
+        >>> x = torch.randn(7, 2)
+        >>> layer(x).shape
+        torch.Size([7, 2])
+    """
+
+    def __init__(self, mask: BoolTensor, bias: bool = True):
+        out_features, in_features = mask.shape
+        super().__init__(in_features, out_features, bias=bias)
+        self.register_buffer("mask", mask.bool())
+
+    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+        return F.linear(x, self.weight * self.mask, self.bias)
+
+
+def broadcast_context(x: Tensor, c: Tensor | None, context: int) -> tuple[Tensor, Tensor | None]:
+    r"""Checks a context against a network's ``context`` size and broadcasts batch dimensions.
+
+    Args:
+        x: The input, with shape :math:`(*, I)`.
+        c: The context, with shape :math:`(*, C)`, or ``None``.
+        context: The expected context size :math:`C` (0 for none).
+
+    Returns:
+        ``x`` and ``c`` expanded to a common batch shape.
+    """
+    if context == 0:
+        if c is not None:
+            raise ValueError("this network has no context (context=0) but a context was given")
+        return x, None
+    if c is None:
+        raise ValueError(f"this network expects a context of size {context}, got None")
+    if c.shape[-1:] != (context,):
+        raise ValueError(f"expected a context with shape (*, {context}), got {tuple(c.shape)}")
+    batch = torch.broadcast_shapes(x.shape[:-1], c.shape[:-1])
+    return x.expand(*batch, x.shape[-1]), c.expand(*batch, context)
+
+
+def split_params(out: Tensor, param_dims: Sequence[int]) -> tuple[Tensor, ...]:
+    r"""Splits a ``(*, D, P)`` output into one tensor per ``param_dims`` entry.
+
+    An entry ``k`` gives a ``(*, D)`` tensor if ``k == 1`` and a ``(*, D, k)`` tensor otherwise.
+    """
+    parts = out.split(tuple(param_dims), dim=-1)
+    return tuple(p.squeeze(-1) if k == 1 else p for p, k in zip(parts, param_dims, strict=True))
+
+
+class MADE(nn.Module):
+    r"""Masked autoencoder for distribution estimation, with context, residual and skip options.
+
+    The network maps :math:`x \in \mathbb{R}^D` (and a context :math:`c`) to parameters
+    :math:`\theta_i(x_{<i}, c)` for every feature :math:`i`, where :math:`<` follows ``order``.
+    Hidden pre-activations are
+
+    .. math:: h_1 = (W_1 \odot M_1) x + V_1 c + b_1, \quad
+              h_{k+1} = [h_k +]\, (W_{k+1} \odot M_{k+1}) \sigma(h_k) + V_{k+1} c + b_{k+1},
+
+    with the bracketed term for ``residual=True``, and the output is
+    :math:`(W_o \odot M_o) \sigma(h_L) + b_o` (plus a masked linear map of :math:`x` and a
+    linear map of :math:`c` with ``skip=True``). Hidden units are stored sorted by degree, so
+    every masked weight is block lower-triangular. The last layer starts at zero, so the
+    parameters start at zero and a flow built on it starts at the identity.
+
+    Args:
+        features: The number of features :math:`D`.
+        hidden_features: The hidden layer widths.
+        param_dims: The number of parameters per feature for each output; ``k == 1`` gives a
+            ``(*, D)`` tensor and ``k > 1`` a ``(*, D, k)`` tensor.
+        context: The context size :math:`C` (0 for none). The context feeds every hidden
+            layer; context-only units of degree 0 let every output depend on it.
+        order: The rank of each feature in the autoregressive order, a permutation of
+            :math:`0..D-1` (see :func:`arflows.nn.masks.input_degrees`). Defaults to natural.
+        hidden_degrees: ``"sequential"`` (deterministic, evenly spread) or ``"random"``.
+        activation: The activation class.
+        residual: Whether hidden layers after the first are residual (equal widths needed).
+        skip: Whether to add direct (masked) connections from the input to the outputs.
+        generator: The random generator for ``hidden_degrees="random"``.
+
+    Example:
+        >>> made = MADE(5, hidden_features=(32, 32), param_dims=(1, 3))
+        >>> loc, bins = made(torch.randn(7, 5))
+        >>> loc.shape, bins.shape
+        (torch.Size([7, 5]), torch.Size([7, 5, 3]))
+    """
+
+    def __init__(
+        self,
+        features: int,
+        hidden_features: Sequence[int] = (64, 64),
+        param_dims: Sequence[int] = (1, 1),
+        context: int = 0,
+        order: Sequence[int] | LongTensor | None = None,
+        hidden_degrees: str = "sequential",
+        activation: Callable[[], nn.Module] = nn.ReLU,
+        residual: bool = False,
+        skip: bool = False,
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__()
+        if features < 1:
+            raise ValueError(f"expected `features >= 1`, got {features}")
+        if context < 0:
+            raise ValueError(f"expected `context >= 0`, got {context}")
+        hidden_features = tuple(int(h) for h in hidden_features)
+        if not hidden_features:
+            raise ValueError("expected at least one hidden layer in `hidden_features`, got ()")
+        param_dims = tuple(int(k) for k in param_dims)
+        if not param_dims or min(param_dims) < 1:
+            raise ValueError(f"expected `param_dims` entries >= 1, got {param_dims}")
+        if residual and len(set(hidden_features)) > 1:
+            raise ValueError(
+                f"residual=True needs equal hidden widths, got hidden_features={hidden_features}"
+            )
+
+        self.features, self.context, self.param_dims = features, context, param_dims
+        self.hidden_features, self.residual, self.skip = hidden_features, residual, skip
+        self.activation = activation()
+        n_params = sum(param_dims)
+
+        in_deg = input_degrees(features, order)
+        degrees = _layer_degrees(
+            hidden_features, features, context > 0, hidden_degrees, residual, generator
+        )
+        out_deg = in_deg.repeat_interleave(n_params)  # feature-major: unit i * P + p
+        self.register_buffer("input_degrees", in_deg)
+        for k, deg in enumerate(degrees):
+            self.register_buffer(f"degrees_{k}", deg)
+
+        layers = [MaskedLinear(mask(in_deg, degrees[0]))]
+        for prev, deg in zip(degrees[:-1], degrees[1:], strict=True):
+            layers.append(MaskedLinear(mask(prev, deg)))
+        layers.append(MaskedLinear(mask(degrees[-1], out_deg, strict=True)))
+        self.layers = nn.ModuleList(layers)
+        # One projection of the context for every hidden layer (and the outputs with skip),
+        # so it can be computed once per call.
+        ctx_width = sum(hidden_features) + (features * n_params if skip else 0)
+        self.context_layer = nn.Linear(context, ctx_width, bias=False) if context else None
+        self.skip_layer = (
+            MaskedLinear(mask(in_deg, out_deg, strict=True), bias=False) if skip else None
+        )
+
+        for layer in (self.layers[-1], self.skip_layer):
+            if layer is not None:
+                nn.init.zeros_(layer.weight)
+                if layer.bias is not None:
+                    nn.init.zeros_(layer.bias)
+        self._check_paths()
+
+    @property
+    def order(self) -> LongTensor:
+        """The rank of each feature in the autoregressive order, with shape :math:`(D,)`."""
+        return self.input_degrees - 1
+
+    @property
+    def degrees(self) -> list[LongTensor]:
+        """The sorted degrees of each hidden layer."""
+        return [getattr(self, f"degrees_{k}") for k in range(len(self.hidden_features))]
+
+    def connectivity(self) -> BoolTensor:
+        r"""Which inputs can reach which features' outputs, from the product of the masks.
+
+        Returns:
+            A boolean matrix :math:`R` with shape :math:`(D, D)`; :math:`R_{ij}` is true when
+            the parameters of feature :math:`i` can depend on :math:`x_j`.
+        """
+        reach = self.layers[0].mask.double()
+        for layer in self.layers[1:]:
+            reach = (layer.mask.double() @ reach).clamp(max=1)
+        if self.skip_layer is not None:
+            reach = (reach + self.skip_layer.mask.double()).clamp(max=1)
+        n_params = sum(self.param_dims)
+        return reach.view(self.features, n_params, self.features).amax(dim=1).bool()
+
+    def _check_paths(self) -> None:
+        reach = self.connectivity()
+        blind = [
+            i for i in range(self.features) if self.input_degrees[i] > 1 and not reach[i].any()
+        ]
+        if blind:
+            raise ValueError(
+                f"hidden_features={self.hidden_features} are too narrow for {self.features} "
+                f"features: the outputs of features {blind} cannot see any earlier feature; "
+                f"use hidden widths of at least {self.features}"
+            )
+
+    def context_terms(self, c: Tensor | None) -> list[Tensor | None]:
+        r"""The context's contribution to each hidden layer (and the outputs with ``skip``).
+
+        Args:
+            c: The context, with shape :math:`(*, C)`, or ``None``.
+
+        Returns:
+            One tensor per hidden layer, with shape :math:`(*, H_k)`, then one for the outputs
+            with shape :math:`(*, D P)` (``None`` entries without context or skip).
+        """
+        n_out = len(self.hidden_features) + 1
+        if self.context_layer is None or c is None:
+            return [None] * n_out
+        widths = list(self.hidden_features)
+        if self.skip:
+            widths.append(self.features * sum(self.param_dims))
+        terms = list(self.context_layer(c).split(widths, dim=-1))
+        return terms + [None] * (n_out - len(terms))
+
+    def forward(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, ...]:
+        r"""Computes the parameters of every feature.
+
+        Args:
+            x: The input, with shape :math:`(*, D)`.
+            c: The context, with shape :math:`(*, C)`, broadcast against ``x``.
+
+        Returns:
+            One tensor per ``param_dims`` entry ``k``: :math:`(*, D)` if ``k == 1``, else
+            :math:`(*, D, k)`.
+        """
+        if x.shape[-1:] != (self.features,):
+            raise ValueError(f"expected x with shape (*, {self.features}), got {tuple(x.shape)}")
+        x, c = broadcast_context(x, c, self.context)
+        ctx = self.context_terms(c)
+        h = self.layers[0](x)
+        if ctx[0] is not None:
+            h = h + ctx[0]
+        for k, layer in enumerate(self.layers[1:-1], start=1):
+            update = layer(self.activation(h))
+            if ctx[k] is not None:
+                update = update + ctx[k]
+            h = h + update if self.residual else update
+        out = self.layers[-1](self.activation(h))
+        if self.skip_layer is not None:
+            out = out + self.skip_layer(x)
+            if ctx[-1] is not None:
+                out = out + ctx[-1]
+        out = out.unflatten(-1, (self.features, sum(self.param_dims)))  # (*, D, P)
+        return split_params(out, self.param_dims)
+
+    def extra_repr(self) -> str:  # noqa: D102
+        return (
+            f"features={self.features}, context={self.context}, param_dims={self.param_dims}, "
+            f"residual={self.residual}, skip={self.skip}, order={self.order.tolist()}"
+        )
+
+
+def _layer_degrees(
+    widths: tuple[int, ...],
+    features: int,
+    context: bool,
+    method: str,
+    residual: bool,
+    generator: torch.Generator | None,
+) -> list[LongTensor]:
+    degrees, low = [], None
+    for k, width in enumerate(widths):
+        if residual and k > 0:
+            # A residual sum h + f(h) keeps the masks only if both sides share degrees.
+            degrees.append(degrees[0])
+            continue
+        deg = hidden_degrees(
+            width, features, context=context, method=method, low=low, generator=generator
+        )
+        if context and method == "random":
+            # The first output reads the context only through degree-0 units: keep one.
+            deg[0] = 0
+        degrees.append(deg)
+        low = int(deg.min())
+    return degrees

@@ -1,0 +1,18 @@
+r"""Transforms: bijections with log-determinants, built on ``torch.distributions``."""
+
+__all__ = [
+    "AutoregressiveReport",
+    "AutoregressiveTransform",
+    "ComposedTransform",
+    "InverseTransform",
+    "MonotonicAffineTransform",
+    "PermutationTransform",
+    "Transform",
+    "check_autoregressive",
+]
+
+from .autoregressive import AutoregressiveTransform
+from .base import ComposedTransform, InverseTransform, Transform
+from .check import AutoregressiveReport, check_autoregressive
+from .permutation import PermutationTransform
+from .univariate import MonotonicAffineTransform
