@@ -167,6 +167,9 @@ class MADE(nn.Module):
                 nn.init.zeros_(layer.weight)
                 if layer.bias is not None:
                     nn.init.zeros_(layer.bias)
+        if self.context_layer is not None and skip:
+            with torch.no_grad():  # the context's direct path to the outputs starts at zero too
+                self.context_layer.weight[sum(hidden_features) :].zero_()
         self._check_paths()
 
     @property

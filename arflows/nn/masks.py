@@ -68,7 +68,8 @@ def hidden_degrees(
             context only, and every output (the first included) can depend on the context
             through them.
         method: ``"sequential"`` spreads the degrees evenly (deterministic); ``"random"``
-            draws them uniformly between ``low`` and :math:`D - 1`, as in the MADE paper.
+            draws them uniformly between ``low`` and :math:`D - 1`, as in the MADE paper,
+            but with every degree present at least once when the layer is wide enough.
         low: The smallest degree allowed, for ``"random"`` the smallest degree of the previous
             layer (so no unit is dead). Defaults to 0 with context and 1 without.
         generator: The random generator for ``"random"``.
@@ -92,7 +93,10 @@ def hidden_degrees(
         span = high - low + 1
         return low + torch.arange(width) * span // width
     if method == "random":
+        span = high - low + 1
         degrees = torch.randint(low, high + 1, (width,), generator=generator)
+        if width >= span:  # cover every degree once, so no output loses its inputs by chance
+            degrees[:span] = torch.arange(low, high + 1)
         return degrees.sort().values
     raise ValueError(f"expected `hidden_degrees` in ('sequential', 'random'), got {method!r}")
 
