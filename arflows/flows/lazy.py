@@ -148,7 +148,7 @@ class NormalizingFlow(Distribution):
         r"""Reparameterised samples and their log-density, in one inverse pass."""
         z = self.base.rsample(Size(sample_shape))
         x, ladj = self.transform.inv.call_and_ladj(z)
-        return x, self.base.log_prob(z) + self._ladj(ladj)
+        return x, self.base.log_prob(z) - self._ladj(ladj)
 
     def sample_and_log_prob(
         self, sample_shape: Size | Sequence[int] = ()

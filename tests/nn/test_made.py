@@ -42,11 +42,12 @@ def build(config, activation=nn.ReLU):
     return randomize(made.double(), scale=0.5, seed=seed)
 
 
-def made_jacobians(made, samples=3):
+def made_jacobians(made, samples=3, seed=0):
     """|d params / d x| and |d params / d c| summed over samples, as (D, P, D) and (D, P, C)."""
     d, ctx = made.features, made.context
-    x = torch.randn(samples, d, dtype=torch.float64)
-    c = torch.randn(samples, ctx, dtype=torch.float64) if ctx else None
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(samples, d, dtype=torch.float64, generator=gen)
+    c = torch.randn(samples, ctx, dtype=torch.float64, generator=gen) if ctx else None
 
     def params(x, c=None):
         out = made(x, c)
@@ -59,13 +60,13 @@ def made_jacobians(made, samples=3):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(made_configs())
-def test_made_is_autoregressive(config):
-    made = build(config)
+@given(made_configs(), st.sampled_from([nn.ReLU, nn.Tanh]))
+def test_made_is_autoregressive(config, activation):
+    made = build(config, activation=activation)
     if made is None:
         return
     ranks = torch.tensor(config["order"])
-    jx, jc = made_jacobians(made)
+    jx, jc = made_jacobians(made, seed=config["seed"])
     forbidden = ranks[None, :] >= ranks[:, None]  # output i may not see input j
     dep = jx.amax(1)  # (D, D)
     assert (dep[forbidden] == 0).all(), "an output depends on a forbidden input"
@@ -73,7 +74,9 @@ def test_made_is_autoregressive(config):
     reach = made.connectivity()
     assert not (reach & forbidden).any()
     assert not ((dep != 0) & ~reach).any()
-    if jc is not None:
+    if jc is not None and activation is nn.Tanh:
+        # With ReLU a narrow layer's few context-only units may all be off at the sample
+        # points; tanh never cuts a path, so every output must then see the context.
         assert (jc.amax(1) > 0).all(), "an output ignores the context"
 
 

@@ -45,7 +45,9 @@ def permutation(d):
 
 
 def _made_transform(d, context=0, order=None, **kwargs):
-    lazy = MaskedAutoregressiveTransform(d, context, order=order, hidden_features=(16, 16), **kwargs)
+    lazy = MaskedAutoregressiveTransform(
+        d, context, order=order, hidden_features=(16, 16), **kwargs
+    )
     randomize(lazy.double(), scale=0.4)
     c = _params(context) if context else None
     return lazy, c
