@@ -11,11 +11,14 @@ __all__ = [
     "IAF",
     "MAF",
     "Flow",
+    "History",
     "__version__",
     "check_autoregressive",
+    "fit",
 ]
 
 __version__ = "0.1.0"
 
 from .flows import IAF, MAF, Flow
+from .train import History, fit
 from .transforms import check_autoregressive
