@@ -6,6 +6,7 @@ __all__ = [
     "ComposedTransform",
     "InverseTransform",
     "MonotonicAffineTransform",
+    "MonotonicRQSTransform",
     "PermutationTransform",
     "Transform",
     "check_autoregressive",
@@ -15,4 +16,5 @@ from .autoregressive import AutoregressiveTransform
 from .base import ComposedTransform, InverseTransform, Transform
 from .check import AutoregressiveReport, check_autoregressive
 from .permutation import PermutationTransform
+from .spline import MonotonicRQSTransform
 from .univariate import MonotonicAffineTransform
