@@ -6,14 +6,17 @@ __all__ = ["IAF", "MAF", "MaskedAutoregressiveTransform"]
 
 import math
 from collections.abc import Iterator, Sequence
+from functools import partial
 
 import torch
 from torch import LongTensor, Tensor, nn
 
-from ..nn import MADE
+from ..nn import MADE, made_sweep
 from ..transforms import AutoregressiveTransform, MonotonicAffineTransform, Transform
 from .bases import StandardNormal
 from .lazy import Flow, LazyInverse, LazyTransform
+
+_INVERSES = ("sweep", "passes")
 
 
 class MaskedAutoregressiveTransform(LazyTransform):
@@ -28,9 +31,13 @@ class MaskedAutoregressiveTransform(LazyTransform):
         order: The rank of each feature in the autoregressive order. Defaults to natural.
         univariate: The monotone scalar map class, with a ``param_shapes(**kwargs)`` method.
         univariate_kwargs: Keyword arguments of ``univariate`` and its ``param_shapes``.
-        passes: The fixed-point passes of the inverse (see
+        passes: The fixed-point passes of the ``"passes"`` inverse (see
             :class:`~arflows.transforms.AutoregressiveTransform`); defaults to :math:`D`.
         hidden_features: The MADE's hidden widths.
+        inverse: How :math:`y \mapsto x` is computed. ``"sweep"``: the exact one-sweep MADE
+            inverse (:func:`~arflows.nn.made_sweep`), about the cost of one network pass.
+            ``"passes"``: the fixed-point iteration, up to :math:`D` network passes (kept for
+            comparison and benchmarks).
         kwargs: Further :class:`~arflows.nn.MADE` options (``activation``, ``residual``,
             ``skip``, ``hidden_degrees``, ``generator``).
 
@@ -51,9 +58,13 @@ class MaskedAutoregressiveTransform(LazyTransform):
         univariate_kwargs: dict | None = None,
         passes: int | None = None,
         hidden_features: Sequence[int] = (64, 64),
+        inverse: str = "sweep",
         **kwargs,
     ):
         super().__init__()
+        if inverse not in _INVERSES:
+            raise ValueError(f"expected `inverse` in {_INVERSES}, got {inverse!r}")
+        self.inverse = inverse
         self.univariate = univariate
         self.univariate_kwargs = dict(univariate_kwargs or {})
         self.shapes = univariate.param_shapes(**self.univariate_kwargs)
@@ -70,17 +81,44 @@ class MaskedAutoregressiveTransform(LazyTransform):
 
     def meta(self, x: Tensor, c: Tensor | None) -> Transform:
         r"""The elementwise map :math:`h(\cdot; \theta(x, c))`, for ``x`` with shape (*, D)."""
-        params = self.made(x, c)
+        params = self.made(x, c)  # (*, D) or (*, D, k), * broadcast from x's and c's batch
         params = [
-            p.reshape(*p.shape[: x.dim()], *s) for p, s in zip(params, self.shapes, strict=True)
+            p.reshape(*p.shape[: p.dim() - (k > 1)], *s)  # (*, D, *shape)
+            for p, k, s in zip(params, self.made.param_dims, self.shapes, strict=True)
         ]
         return self.univariate(*params, **self.univariate_kwargs)
 
+    def solve(self, i: int, params: tuple[Tensor, ...], y_i: Tensor) -> Tensor:
+        r"""Inverts feature ``i``'s scalar map, :math:`x_i = h^{-1}(y_i; \theta_i)`.
+
+        The ``solve`` callback of :func:`~arflows.nn.made_sweep`.
+
+        Args:
+            i: The feature.
+            params: Its unconstrained parameters, one tensor per MADE output, with shape
+                :math:`(*)` or :math:`(*, k)`.
+            y_i: Its value :math:`y_i`, with shape :math:`(*)`.
+
+        Returns:
+            :math:`x_i`, with shape :math:`(*)`.
+        """
+        params = [  # (*, 1, *shape): one feature
+            p.reshape(*y_i.shape, 1, *s) for p, s in zip(params, self.shapes, strict=True)
+        ]
+        h = self.univariate(*params, **self.univariate_kwargs)
+        return h.inv(y_i[..., None])[..., 0]
+
     def forward(self, c: Tensor | None = None) -> AutoregressiveTransform:  # noqa: D102
-        return AutoregressiveTransform(lambda x: self.meta(x, c), self.passes)
+        inverse = None
+        if self.inverse == "sweep":
+            inverse = partial(made_sweep, self.made, solve=self.solve, c=c)
+        return AutoregressiveTransform(partial(self.meta, c=c), self.passes, inverse=inverse)
 
     def extra_repr(self) -> str:  # noqa: D102
-        return f"(univariate): {self.univariate.__name__}({self.univariate_kwargs})"
+        return (
+            f"(univariate): {self.univariate.__name__}({self.univariate_kwargs}), "
+            f"inverse={self.inverse!r}"
+        )
 
 
 def _orders(
@@ -100,7 +138,8 @@ class MAF(Flow):
 
     Direction costs (in network passes per layer): ``log_prob`` of any :math:`x` is **one**
     pass (data to noise is the parallel direction, so training is fast); ``sample`` inverts
-    each layer sequentially (:math:`D` passes with the fixed-point inverse).
+    each layer sequentially, at about the cost of one pass with the default one-sweep inverse
+    (``inverse="sweep"``) and up to :math:`D` passes with ``inverse="passes"``.
 
     Args:
         features: The number of features :math:`D`.
@@ -111,7 +150,8 @@ class MAF(Flow):
             natural and reversed ones.
         generator: The random generator for ``randperm`` and random degrees.
         kwargs: Options of :class:`MaskedAutoregressiveTransform` (``univariate``,
-            ``passes``, ``activation``, ``residual``, ``skip``, ``hidden_degrees``, ...).
+            ``inverse``, ``passes``, ``activation``, ``residual``, ``skip``,
+            ``hidden_degrees``, ...).
 
     References:
         Masked Autoregressive Flow for Density Estimation (Papamakarios et al., 2017)
@@ -157,8 +197,9 @@ class IAF(MAF):
     Each layer maps noise to data in one pass, :math:`x_i = h(z_i; \theta_i(z_{<i}))`.
     Direction costs (network passes per layer): ``sample`` and ``rsample_and_log_prob`` are
     **one** pass (sampling is fast, as needed for variational inference); ``log_prob`` of
-    outside points inverts each layer sequentially (:math:`D` passes with the fixed-point
-    inverse). Same arguments as :class:`MAF`.
+    outside points inverts each layer sequentially, at about the cost of one pass with the
+    default one-sweep inverse and up to :math:`D` passes with ``inverse="passes"``. Same
+    arguments as :class:`MAF`.
 
     References:
         Improved Variational Inference with Inverse Autoregressive Flow (Kingma et al., 2016)

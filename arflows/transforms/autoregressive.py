@@ -26,7 +26,8 @@ class AutoregressiveTransform(Transform):
     :math:`x^{(k+1)} = h^{-1}(y; \theta(x^{(k)}))` from :math:`x^{(0)} = 0`, which fixes one
     more feature per pass and is exact after :math:`D` passes. Without gradients the
     iteration stops early once an iterate repeats exactly (it is then the fixed point); with
-    gradients it runs all ``passes`` so that they are exact.
+    gradients it runs all ``passes`` so that they are exact. Each inverse records the number
+    of ``meta`` calls it made in :attr:`passes_used`.
 
     Args:
         meta: A function :math:`x \mapsto h(\cdot; \theta(x))` returning an elementwise
@@ -35,6 +36,11 @@ class AutoregressiveTransform(Transform):
             fewer passes than the length of the longest dependency chain the inverse is
             inexact (for coupling, 2 passes suffice).
         inverse: An optional exact inverse :math:`y \mapsto x`, used instead of the passes.
+
+    Attributes:
+        passes_used: The number of fixed-point passes (``meta`` calls) the last inverse made,
+            the confirming pass of an early exit included; ``None`` before any fixed-point
+            inverse, and when ``inverse`` is given. A diagnostic for benchmarks and tests.
 
     Example:
         >>> from arflows.transforms import MonotonicAffineTransform
@@ -61,6 +67,7 @@ class AutoregressiveTransform(Transform):
         if passes is not None and passes < 1:
             raise ValueError(f"expected `passes >= 1`, got {passes}")
         self.meta, self.passes, self.inverse = meta, passes, inverse
+        self.passes_used: int | None = None
 
     def _call(self, x: Tensor) -> Tensor:
         return self.meta(x)(x)
@@ -71,8 +78,10 @@ class AutoregressiveTransform(Transform):
         passes = y.shape[-1] if self.passes is None else self.passes
         exit_early = not torch.is_grad_enabled()
         x = torch.zeros_like(y)
+        self.passes_used = 0
         for _ in range(passes):
             x_next = self.meta(x).inv(y)
+            self.passes_used += 1
             if exit_early and torch.equal(x_next, x):
                 break
             x = x_next

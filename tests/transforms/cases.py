@@ -69,6 +69,15 @@ def masked_autoregressive_random_degrees(d):
     return Case(lazy(c), ranks=list(range(d)))
 
 
+def masked_autoregressive_passes(d):
+    # The fixed-point inverse, so both inverse paths are property-tested.
+    order = torch.randperm(d)
+    lazy, c = _made_transform(
+        d, context=2, order=order, skip=True, hidden_degrees="random", inverse="passes"
+    )
+    return Case(lazy(c), ranks=order.tolist())
+
+
 def inverse_autoregressive(d):
     lazy, c = _made_transform(d, context=2)
     return Case(LazyInverse(lazy)(c), ranks=list(range(d)))
@@ -103,6 +112,7 @@ CASES = {
         masked_autoregressive,
         masked_autoregressive_context_order,
         masked_autoregressive_random_degrees,
+        masked_autoregressive_passes,
         inverse_autoregressive,
         autoregressive_few_passes,
         composed,
