@@ -10,6 +10,7 @@ Example:
 __all__ = [
     "IAF",
     "MAF",
+    "NSF",
     "Flow",
     "History",
     "__version__",
@@ -19,6 +20,6 @@ __all__ = [
 
 __version__ = "0.1.0"
 
-from .flows import IAF, MAF, Flow
+from .flows import IAF, MAF, NSF, Flow
 from .train import History, fit
 from .transforms import check_autoregressive

@@ -8,6 +8,7 @@ __all__ = [
     "LazyInverse",
     "LazyTransform",
     "MaskedAutoregressiveTransform",
+    "NSF",
     "NormalizingFlow",
     "StandardNormal",
     "Unconditional",
@@ -23,3 +24,4 @@ from .lazy import (
     NormalizingFlow,
     Unconditional,
 )
+from .spline import NSF

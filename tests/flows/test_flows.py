@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from arflows import IAF, MAF, Flow
+from arflows import IAF, MAF, NSF, Flow
 from arflows.flows import StandardNormal, Unconditional
 from arflows.transforms import PermutationTransform
 from tests.helpers import randomize
@@ -24,6 +24,9 @@ def flows(features, context=0):
             generator=torch.Generator().manual_seed(1),
         ),
         "iaf": lambda: IAF(features, context, transforms=3, hidden_features=(16, 16)),
+        "nsf": lambda: NSF(
+            features, context, transforms=2, hidden_features=(16, 16), bins=5, bound=3.0
+        ),
     }
 
 

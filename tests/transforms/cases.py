@@ -12,6 +12,7 @@ from arflows.transforms import (
     AutoregressiveTransform,
     ComposedTransform,
     MonotonicAffineTransform,
+    MonotonicRQSTransform,
     PermutationTransform,
     Transform,
 )
@@ -38,6 +39,10 @@ def affine(d):
 
 def affine_saturated(d):  # log-scales far beyond the soft-clip bound
     return Case(MonotonicAffineTransform(_params(d), 50 * _params(d), bound=2.0))
+
+
+def spline(d):  # bound 1.5: standard normal points fall both inside and in the tails
+    return Case(MonotonicRQSTransform(*(2 * _params(d, k) for k in (6, 6, 5)), bound=1.5))
 
 
 def permutation(d):
@@ -78,6 +83,26 @@ def masked_autoregressive_passes(d):
     return Case(lazy(c), ranks=order.tolist())
 
 
+def spline_autoregressive(d):
+    order = torch.randperm(d)
+    lazy, c = _made_transform(
+        d,
+        context=2,
+        order=order,
+        residual=True,
+        univariate=MonotonicRQSTransform,
+        univariate_kwargs=dict(bins=5, bound=2.0),
+    )
+    return Case(lazy(c), ranks=order.tolist())
+
+
+def inverse_spline_autoregressive(d):
+    lazy, c = _made_transform(
+        d, univariate=MonotonicRQSTransform, univariate_kwargs=dict(bins=4, bound=2.0)
+    )
+    return Case(LazyInverse(lazy)(c), ranks=list(range(d)))
+
+
 def inverse_autoregressive(d):
     lazy, c = _made_transform(d, context=2)
     return Case(LazyInverse(lazy)(c), ranks=list(range(d)))
@@ -108,12 +133,15 @@ CASES = {
     for f in [
         affine,
         affine_saturated,
+        spline,
         permutation,
         masked_autoregressive,
         masked_autoregressive_context_order,
         masked_autoregressive_random_degrees,
         masked_autoregressive_passes,
         inverse_autoregressive,
+        spline_autoregressive,
+        inverse_spline_autoregressive,
         autoregressive_few_passes,
         composed,
     ]
