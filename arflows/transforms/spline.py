@@ -21,14 +21,12 @@ MIN_DERIVATIVE = 1e-3
 _UNIT_SHIFT = math.log(math.expm1(1 - MIN_DERIVATIVE))
 
 
-def _knots(unnormalized: Tensor, bound: float) -> tuple[Tensor, Tensor]:
-    """Knots in [-bound, bound] (*, K + 1) and bin sizes (*, K) from unconstrained (*, K)."""
-    bins = unnormalized.shape[-1]
-    sizes = MIN_BIN + (1 - MIN_BIN * bins) * torch.softmax(unnormalized, dim=-1)
-    inner = bound * (2 * torch.cumsum(sizes[..., :-1], dim=-1) - 1)
-    # The ends are set exactly rather than summed, so rounding never moves the tails.
-    knots = F.pad(F.pad(inner, (1, 0), value=-bound), (0, 1), value=bound)
-    return knots, knots[..., 1:] - knots[..., :-1]
+def _cumulative(unnormalized: Tensor) -> Tensor:
+    """Unnormalised cumulative bin sizes, with a leading zero: (*, K) -> (*, K + 1)."""
+    # softmax by hand (torch's CPU kernel is slow on a short last dim) and unnormalised: the
+    # division by the total is done after the gather, on K times fewer values.
+    e = (unnormalized - unnormalized.amax(dim=-1, keepdim=True)).exp()
+    return F.pad(torch.cumsum(e, dim=-1), (1, 0))
 
 
 class MonotonicRQSTransform(Transform):
@@ -93,10 +91,7 @@ class MonotonicRQSTransform(Transform):
                 f"{tuple(derivatives.shape)}"
             )
         self.bound = float(bound)
-        self.x_knots, self.widths = _knots(widths, self.bound)
-        self.y_knots, self.heights = _knots(heights, self.bound)
-        inner = MIN_DERIVATIVE + F.softplus(derivatives + _UNIT_SHIFT)
-        self.derivatives = F.pad(inner, (1, 1), value=1.0)  # (*, K + 1)
+        self.widths, self.heights, self.derivatives = widths, heights, derivatives
 
     @staticmethod
     def param_shapes(bins: int = 8, bound: float = 5.0) -> tuple[Size, ...]:
@@ -105,28 +100,51 @@ class MonotonicRQSTransform(Transform):
             raise ValueError(f"expected `bins >= 2`, got {bins}")
         return Size((bins,)), Size((bins,)), Size((bins - 1,))
 
-    def _bin(self, knots: Tensor, v: Tensor) -> tuple[Tensor, ...]:
-        """The geometry of the bin holding each (clamped) value, with the shape of v."""
-        shape = torch.broadcast_shapes(v.shape, knots.shape[:-1])
+    def _bin(self, v: Tensor, inverse: bool) -> tuple[Tensor, ...]:
+        r"""The geometry of the bin holding each clamped value, each with the shape of ``v``.
+
+        Knot :math:`j` of :math:`K` lies at :math:`B (2 p_j - 1)` with
+        :math:`p_j = m j + (1 - m K)\, S_j / S_K`, :math:`m` the smallest bin and :math:`S`
+        the cumulative sums of the exponentiated parameters. Only the bin search touches every
+        knot; the rest is computed after gathering the two knots of each value's bin.
+        """
+        bins, bound = self.widths.shape[-1], self.bound
+        search, other = (self.heights, self.widths) if inverse else (self.widths, self.heights)
+        shape = torch.broadcast_shapes(v.shape, search.shape[:-1])
         v = v.expand(shape)
-        k = (v[..., None] > knots[..., 1:-1]).sum(dim=-1)  # bin index, (*)
 
-        def pick(t: Tensor, offset: int = 0) -> Tensor:
-            return t.expand(*shape, t.shape[-1]).gather(-1, (k + offset)[..., None])[..., 0]
+        def full(t: Tensor) -> Tensor:
+            return t.expand(*shape, t.shape[-1])
 
-        return (
-            pick(self.x_knots),
-            pick(self.widths),
-            pick(self.y_knots),
-            pick(self.heights),
-            pick(self.derivatives),
-            pick(self.derivatives, 1),
+        cum = full(_cumulative(search))  # (*, K + 1)
+        total = cum[..., -1:]
+        scale = (1 - MIN_BIN * bins) / total  # (*, 1)
+        j = torch.arange(1, bins, dtype=v.dtype, device=v.device)
+        inner = MIN_BIN * j + scale * cum[..., 1:-1]  # inner knots in [0, 1], (*, K - 1)
+        k = ((v[..., None] + bound) / (2 * bound) > inner).sum(dim=-1, keepdim=True)  # (*, 1)
+
+        def knots(cum: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
+            lo, hi = cum.gather(-1, k), cum.gather(-1, k + 1)
+            start = bound * (2 * (MIN_BIN * k + scale * lo) - 1)
+            return start[..., 0], (2 * bound * (MIN_BIN + scale * (hi - lo)))[..., 0]
+
+        v_k, v_size = knots(cum, scale)
+        cum = full(_cumulative(other))
+        u_k, u_size = knots(cum, (1 - MIN_BIN * bins) / cum[..., -1:])
+        # Unit derivatives at the outer knots: zero unconstrained values give exactly 1.
+        d = full(F.pad(self.derivatives, (1, 1)))
+        d = MIN_DERIVATIVE + F.softplus(
+            torch.cat((d.gather(-1, k), d.gather(-1, k + 1)), -1) + _UNIT_SHIFT
         )
+        d0, d1 = d.unbind(-1)
+        if inverse:
+            return u_k, u_size, v_k, v_size, d0, d1
+        return v_k, v_size, u_k, u_size, d0, d1
 
     def _forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         inside = (x > -self.bound) & (x < self.bound)
         xc = x.clamp(-self.bound, self.bound)
-        x_k, w, y_k, h, d0, d1 = self._bin(self.x_knots, xc)
+        x_k, w, y_k, h, d0, d1 = self._bin(xc, inverse=False)
         s = h / w
         xi = ((xc - x_k) / w).clamp(0, 1)
         xi1 = xi * (1 - xi)
@@ -142,7 +160,7 @@ class MonotonicRQSTransform(Transform):
     def _inverse(self, y: Tensor) -> Tensor:
         inside = (y > -self.bound) & (y < self.bound)
         yc = y.clamp(-self.bound, self.bound)
-        x_k, w, y_k, h, d0, d1 = self._bin(self.y_knots, yc)
+        x_k, w, y_k, h, d0, d1 = self._bin(yc, inverse=True)
         s = h / w
         dy = (yc - y_k).clamp(min=0)
         gap = d1 + d0 - 2 * s
