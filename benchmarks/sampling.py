@@ -45,6 +45,8 @@ BATCH = 512
 LR = 1e-3
 SIZES = ((8, 128), (64, 512), (256, 1024))
 QUICK_SIZES = SIZES[:2]
+BINS = 8
+SPLINE_SIZES = {(8, 128)}  # the spline rows (names ending in -nsf) run at these sizes only
 PILOT_SECONDS = 0.5  # the pilot grows its batch until one call takes this long
 MIN_TIMED = 1_000  # a scaled measurement still times at least this many points
 
@@ -162,11 +164,11 @@ class PyroModel(Model):
 
 
 class DenseModel(Model):
-    """Reference: 5 unmasked MLPs D -> H -> H -> 2D applied to the points (no sampling)."""
+    """Reference: 5 unmasked MLPs D -> H -> H -> P D applied to the points (no sampling)."""
 
     can_sample = False
 
-    def __init__(self, features: int, hidden: int):
+    def __init__(self, features: int, hidden: int, params: int = 2):
         super().__init__()
         self.mlps = nn.ModuleList(
             nn.Sequential(
@@ -174,7 +176,7 @@ class DenseModel(Model):
                 nn.ReLU(),
                 nn.Linear(hidden, hidden),
                 nn.ReLU(),
-                nn.Linear(hidden, 2 * features),
+                nn.Linear(hidden, params * features),
             )
             for _ in range(TRANSFORMS)
         )
@@ -264,6 +266,27 @@ def build_dense(features: int, hidden: int) -> Model:
     return DenseModel(features, hidden)
 
 
+def build_arflows_nsf(features: int, hidden: int) -> Model:
+    import arflows
+
+    return ArflowsModel(
+        arflows.NSF(features, transforms=TRANSFORMS, hidden_features=(hidden,) * 2, bins=BINS)
+    )
+
+
+def build_zuko_nsf(features: int, hidden: int) -> Model:
+    import zuko
+
+    return LazyFlowModel(
+        zuko.flows.NSF(features, transforms=TRANSFORMS, hidden_features=(hidden,) * 2, bins=BINS)
+    )
+
+
+def build_dense_nsf(features: int, hidden: int) -> Model:
+    # A spline of K bins has 3K - 1 parameters per feature (widths, heights, inner slopes).
+    return DenseModel(features, hidden, params=3 * BINS - 1)
+
+
 ADAPTERS: dict[str, Callable[[int, int], Model]] = {
     "arflows": build_arflows,
     "arflows-passes": build_arflows_passes,
@@ -271,8 +294,11 @@ ADAPTERS: dict[str, Callable[[int, int], Model]] = {
     "nflows": build_nflows,
     "pyro": build_pyro,
     "dense": build_dense,
+    "arflows-nsf": build_arflows_nsf,
+    "zuko-nsf": build_zuko_nsf,
+    "dense-nsf": build_dense_nsf,
 }
-PEER_MODULES = {"zuko": "zuko", "nflows": "nflows", "pyro": "pyro"}
+PEER_MODULES = {"zuko": "zuko", "nflows": "nflows", "pyro": "pyro", "zuko-nsf": "zuko"}
 
 
 def available_adapters(names: list[str]) -> tuple[list[str], list[str]]:
@@ -463,6 +489,8 @@ def run_size(
     batch = torch.randn(BATCH, features, generator=generator).to(device)
     results = []
     for name in names:
+        if name.endswith("-nsf") and (features, hidden) not in SPLINE_SIZES:
+            continue
         torch.manual_seed(0)
         result = Result(name, features, hidden)
         try:
@@ -527,7 +555,7 @@ def table_rows(results: list[Result]) -> list[list[str]]:
         size = (r.features, r.hidden)
         ref = by_key.get((*size, "arflows"))
         passes = by_key.get((*size, "arflows-passes"))
-        dense = by_key.get((*size, "dense"))
+        dense = by_key.get((*size, "dense-nsf" if r.library.endswith("-nsf") else "dense"))
         rows.append(
             [
                 str(r.features),
@@ -574,6 +602,17 @@ def headline(results: list[Result]) -> list[str]:
         if parts:
             lines.append(
                 f"- D={size[0]}, H={size[1]}: sampling time vs arflows: " + ", ".join(parts)
+            )
+        dense = rows.get("dense-nsf")
+        splines = [
+            f"{name} {ratio(rows[name].log_prob, dense.log_prob)}x"
+            for name in ("arflows-nsf", "zuko-nsf")
+            if name in rows and dense is not None
+        ]
+        if splines:
+            lines.append(
+                f"- D={size[0]}, H={size[1]}: spline log_prob vs a dense MLP of the same shape: "
+                + ", ".join(splines)
             )
     return lines
 
