@@ -120,6 +120,16 @@ class ComposedTransform(Transform):
 
     codomain = domain
 
+    @property
+    def inv(self) -> ComposedTransform:
+        r"""The inverse :math:`f_1^{-1} \circ \dots \circ f_n^{-1}`, composed part by part.
+
+        Composing the parts' inverses (rather than wrapping the whole) lets each part compute
+        its inverse and log-determinant together: an IAF samples with its log-density in one
+        network pass per layer.
+        """
+        return ComposedTransform(*(t.inv for t in reversed(self.transforms)))
+
     def _call(self, x: Tensor) -> Tensor:
         for t in self.transforms:
             x = t(x)

@@ -169,3 +169,21 @@ def test_bad_shapes_are_named():
         flow().log_prob(torch.randn(4, 3))
     with pytest.raises(ValueError, match="transforms >= 1"):
         MAF(3, transforms=0)
+
+
+def test_iaf_samples_with_log_density_in_one_pass_per_layer(monkeypatch):
+    from arflows.flows.autoregressive import MaskedAutoregressiveTransform
+
+    calls = []
+    meta = MaskedAutoregressiveTransform.meta
+
+    def counting_meta(self, x, c):
+        calls.append(1)
+        return meta(self, x, c)
+
+    monkeypatch.setattr(MaskedAutoregressiveTransform, "meta", counting_meta)
+    flow = build("iaf", 4, context=2)
+    c = torch.randn(4, 2, dtype=F64)
+    x, log_p = flow(c).rsample_and_log_prob((5,))
+    assert len(calls) == len(flow.transforms)  # one network pass per layer, no inverse
+    assert torch.allclose(log_p, flow(c).log_prob(x), atol=1e-8)
