@@ -5,16 +5,20 @@ from __future__ import annotations
 __all__ = ["MADE", "MaskedLinear", "broadcast_context", "split_params"]
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import BoolTensor, LongTensor, Tensor, nn
 
+from .blocks import BlockPlan, Permutation, auto_blocks, block_linear, block_plan
 from .masks import hidden_degrees, input_degrees, mask
 
 
 class MaskedLinear(nn.Linear):
     r"""Linear layer :math:`y = (W \odot M) x + b` with a fixed binary mask :math:`M`.
+
+    The mask is fixed: it is set at construction and by loading a state dict.
 
     Args:
         mask: The mask :math:`M`, with shape :math:`(O, I)` (a ``nn.Linear`` weight's layout).
@@ -31,9 +35,22 @@ class MaskedLinear(nn.Linear):
         out_features, in_features = mask.shape
         super().__init__(in_features, out_features, bias=bias)
         self.register_buffer("mask", mask.bool())
+        # The mask in the weight's dtype (it follows ``.to``, not in the state dict): a
+        # product with the boolean mask would cast it on every call, forward and backward.
+        self.register_buffer("_float_mask", self.mask.to(self.weight.dtype), persistent=False)
+        self.register_load_state_dict_post_hook(_refresh_mask)
+
+    def masked_weight(self) -> Tensor:
+        r"""The masked weight :math:`W \odot M`, with shape :math:`(O, I)`."""
+        return self.weight * self._float_mask
 
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102
-        return F.linear(x, self.weight * self.mask, self.bias)
+        return F.linear(x, self.masked_weight(), self.bias)
+
+
+def _refresh_mask(module: MaskedLinear, incompatible_keys: object) -> None:
+    with torch.no_grad():
+        module._float_mask.copy_(module.mask)
 
 
 def broadcast_context(x: Tensor, c: Tensor | None, context: int) -> tuple[Tensor, Tensor | None]:
@@ -83,6 +100,15 @@ class MADE(nn.Module):
     linear map of :math:`c` with ``skip=True``). Hidden units are stored sorted by degree, so
     every masked weight is block lower-triangular. The last layer starts at zero, so the
     parameters start at zero and a flow built on it starts at the identity.
+
+    Large inputs are computed in a transposed :math:`(\text{features}, N)` layout by
+    block-triangular products (:func:`~arflows.nn.blocks.block_linear`) that skip the
+    masked-out half of every weight, in both the forward and the backward pass. The result
+    equals the dense masked products up to the order of summation. The attribute ``blocks``
+    chooses the path: ``"auto"`` (the default) takes the block path on CPU when the work is
+    large enough to pay (:func:`~arflows.nn.blocks.auto_blocks`), ``None`` always takes the
+    dense path, and an integer :math:`B \ge 1` always takes the block path with about
+    :math:`B` row blocks per layer. It is not part of the state dict.
 
     Args:
         features: The number of features :math:`D`.
@@ -171,6 +197,11 @@ class MADE(nn.Module):
             with torch.no_grad():  # the context's direct path to the outputs starts at zero too
                 self.context_layer.weight[sum(hidden_features) :].zero_()
         self._check_paths()
+        self.blocks: int | str | None = "auto"
+        # Block plans by (blocks, device), derived from the degree buffers; loading a state
+        # dict may replace those, so it clears them.
+        self._plans: dict[tuple[tuple[int, ...], torch.device], _BlockPlans] = {}
+        self.register_load_state_dict_post_hook(_clear_plans)
 
     @property
     def order(self) -> LongTensor:
@@ -242,16 +273,19 @@ class MADE(nn.Module):
         if x.shape[-1:] != (self.features,):
             raise ValueError(f"expected x with shape (*, {self.features}), got {tuple(x.shape)}")
         x, c = broadcast_context(x, c, self.context)
+        blocks = self._blocks(x)
+        if blocks is not None:
+            return self._forward_blocks(x, c, blocks)
         ctx = self.context_terms(c)
         h = self.layers[0](x)
         if ctx[0] is not None:
             h = h + ctx[0]
         for k, layer in enumerate(self.layers[1:-1], start=1):
-            update = layer(self.activation(h))
+            update = layer(self._activate(h, last=False))
             if ctx[k] is not None:
                 update = update + ctx[k]
             h = h + update if self.residual else update
-        out = self.layers[-1](self.activation(h))
+        out = self.layers[-1](self._activate(h, last=True))
         if self.skip_layer is not None:
             out = out + self.skip_layer(x)
             if ctx[-1] is not None:
@@ -259,11 +293,152 @@ class MADE(nn.Module):
         out = out.unflatten(-1, (self.features, sum(self.param_dims)))  # (*, D, P)
         return split_params(out, self.param_dims)
 
+    def _activate(self, h: Tensor, last: bool) -> Tensor:
+        """The activation of the fresh pre-activations ``h``, in place unless ``h`` is reused.
+
+        Only a residual sum reads ``h`` again (after every layer but the last). In place saves
+        a fresh buffer per layer, and with it most of the memory traffic of the activation;
+        autograd allows it, as no product saves its output.
+        """
+        inplace = _INPLACE.get(type(self.activation))
+        if inplace is None or (self.residual and not last):
+            return self.activation(h)
+        return inplace(h)
+
+    def _blocks(self, x: Tensor) -> tuple[int, ...] | None:
+        """The row blocks of each layer (then the skip layer) for ``x``, or ``None`` for dense."""
+        blocks, n_layers = self.blocks, len(self.layers) + 1
+        if blocks == "auto":
+            # Tuned on CPU, in float32 and float64; elsewhere the dense path is kept.
+            if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+                return None
+            n, grad = x.shape[:-1].numel(), torch.is_grad_enabled()
+            layers = [*self.layers, self.skip_layer]
+            choice = tuple(
+                1 if layer is None else auto_blocks(n, *layer.weight.shape, grad=grad)
+                for layer in layers
+            )
+            return None if max(choice) == 1 else choice
+        if blocks is None:
+            return None
+        if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1:
+            raise ValueError(f"expected `blocks` 'auto', None or an int >= 1, got {blocks!r}")
+        return (blocks,) * n_layers
+
+    def _block_plans(self, blocks: tuple[int, ...], device: torch.device) -> _BlockPlans:
+        key = (blocks, device)
+        if key not in self._plans:
+            self._plans[key] = _BlockPlans.build(self, blocks).to(device)
+        return self._plans[key]
+
+    def _forward_blocks(
+        self, x: Tensor, c: Tensor | None, blocks: tuple[int, ...]
+    ) -> tuple[Tensor, ...]:
+        """The forward pass in the transposed layout, by block products (same math)."""
+        plans = self._block_plans(blocks, x.device)
+        batch, d, n_params = x.shape[:-1], self.features, sum(self.param_dims)
+        x = x.reshape(-1, d)  # (N, D)
+        if plans.inputs is not None:
+            x = plans.inputs(x, 1)  # inputs sorted by degree
+        xt = x.T  # (D, N), a view: the products read it transposed
+        ctx = self._context_terms_t(c, plans)
+        layers = [(layer.masked_weight(), layer.bias) for layer in self.layers]
+        h = block_linear(xt, *layers[0], plans.layers[0])  # (H_1, N)
+        if ctx[0] is not None:
+            h = h + ctx[0]
+        for k in range(1, len(layers) - 1):
+            update = block_linear(self._activate(h, last=False), *layers[k], plans.layers[k])
+            if ctx[k] is not None:
+                update = update + ctx[k]
+            h = h + update if self.residual else update
+        out = block_linear(self._activate(h, last=True), *layers[-1], plans.layers[-1])
+        if self.skip_layer is not None:
+            skip = self.skip_layer.masked_weight()
+            out = out + block_linear(xt, skip, None, plans.skip)
+            if ctx[-1] is not None:
+                out = out + ctx[-1]
+        if plans.outputs is not None:
+            out = plans.outputs.undo(out, 0)  # back to feature-major order
+        out = out.T.reshape(*batch, d, n_params)  # (*, D, P), a view
+        return split_params(out, self.param_dims)
+
+    def _context_terms_t(self, c: Tensor | None, plans: _BlockPlans) -> list[Tensor | None]:
+        """:meth:`context_terms` transposed, with shapes (H_k, N) and (D P, N) sorted rows."""
+        n_out = len(self.hidden_features) + 1
+        if self.context_layer is None or c is None:
+            return [None] * n_out
+        weight, widths = self.context_layer.weight, list(self.hidden_features)
+        if self.skip:
+            hidden, out = weight.split([sum(widths), weight.shape[0] - sum(widths)])
+            if plans.skip.rows is not None:
+                weight = torch.cat([hidden, plans.skip.rows(out, 0)])
+            widths.append(out.shape[0])
+        terms = list((weight @ c.reshape(-1, self.context).T).split(widths))  # (H_k, N)
+        return terms + [None] * (n_out - len(terms))
+
     def extra_repr(self) -> str:  # noqa: D102
         return (
             f"features={self.features}, context={self.context}, param_dims={self.param_dims}, "
             f"residual={self.residual}, skip={self.skip}, order={self.order.tolist()}"
         )
+
+
+# Parameter-free elementwise activations and their in-place versions.
+_INPLACE: dict[type[nn.Module], Callable[[Tensor], Tensor]] = {
+    nn.ReLU: torch.relu_,
+    nn.Tanh: torch.tanh_,
+    nn.Sigmoid: torch.sigmoid_,
+}
+
+
+@dataclass(frozen=True)
+class _BlockPlans:
+    """The block plans of a MADE's layers, and the permutations into and out of degree order.
+
+    Attributes:
+        layers: One :class:`~arflows.nn.blocks.BlockPlan` per layer of ``made.layers``.
+        skip: The skip layer's plan, or ``None``.
+        inputs: The permutation sorting the inputs by degree, or ``None`` if their order is
+            monotone (the same for the first layer's and the skip layer's columns).
+        outputs: The same for the output rows (the last layer's and the skip layer's rows).
+    """
+
+    layers: list[BlockPlan]
+    skip: BlockPlan | None
+    inputs: Permutation | None
+    outputs: Permutation | None
+
+    @classmethod
+    def build(cls, made: MADE, blocks: tuple[int, ...]) -> _BlockPlans:
+        """The plans of ``made`` with about ``blocks[k]`` row blocks in layer ``k``.
+
+        The last entry of ``blocks`` is the skip layer's.
+        """
+        in_deg = made.input_degrees.cpu()
+        out_deg = in_deg.repeat_interleave(sum(made.param_dims))
+        degrees = [in_deg] + [deg.cpu() for deg in made.degrees]
+        layers = [
+            block_plan(a, b, blocks=n)
+            for a, b, n in zip(degrees[:-1], degrees[1:], blocks[:-2], strict=True)
+        ]
+        layers.append(block_plan(degrees[-1], out_deg, strict=True, blocks=blocks[-2]))
+        skip = None
+        if made.skip_layer is not None:
+            skip = block_plan(in_deg, out_deg, strict=True, blocks=blocks[-1])
+        return cls(layers, skip, layers[0].columns, layers[-1].rows)
+
+    def to(self, device: torch.device) -> _BlockPlans:
+        """The same plans with their permutations on ``device``."""
+        return _BlockPlans(
+            [plan.to(device) for plan in self.layers],
+            None if self.skip is None else self.skip.to(device),
+            None if self.inputs is None else self.inputs.to(device),
+            None if self.outputs is None else self.outputs.to(device),
+        )
+
+
+def _clear_plans(module: nn.Module, incompatible_keys: object) -> None:
+    module._plans.clear()
 
 
 def _layer_degrees(
