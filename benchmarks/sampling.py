@@ -218,6 +218,17 @@ def build_arflows_passes(features: int, hidden: int) -> Model:
     return ArflowsModel(flow)
 
 
+def build_arflows_dense(features: int, hidden: int) -> Model:
+    import arflows
+    from arflows.nn import MADE
+
+    flow = arflows.MAF(features, transforms=TRANSFORMS, hidden_features=(hidden,) * 2)
+    for module in flow.modules():
+        if isinstance(module, MADE):
+            module.blocks = None  # always the dense masked products, never the block path
+    return ArflowsModel(flow)
+
+
 def build_zuko(features: int, hidden: int) -> Model:
     import zuko
 
@@ -290,6 +301,7 @@ def build_dense_nsf(features: int, hidden: int) -> Model:
 ADAPTERS: dict[str, Callable[[int, int], Model]] = {
     "arflows": build_arflows,
     "arflows-passes": build_arflows_passes,
+    "arflows-dense": build_arflows_dense,
     "zuko": build_zuko,
     "nflows": build_nflows,
     "pyro": build_pyro,
