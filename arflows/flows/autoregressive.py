@@ -81,9 +81,13 @@ class MaskedAutoregressiveTransform(LazyTransform):
 
     def meta(self, x: Tensor, c: Tensor | None) -> Transform:
         r"""The elementwise map :math:`h(\cdot; \theta(x, c))`, for ``x`` with shape (*, D)."""
-        params = self.made(x, c)  # (*, D) or (*, D, k), * broadcast from x's and c's batch
+        # (*, D) or (*, D, k), * broadcast from x's and c's batch
+        return self._transformer(self.made(x, c))
+
+    def _transformer(self, params: tuple[Tensor, ...]) -> Transform:
+        """The univariate map from MADE outputs with shapes (*, F) or (*, F, k)."""
         params = [
-            p.reshape(*p.shape[: p.dim() - (k > 1)], *s)  # (*, D, *shape)
+            p.reshape(*p.shape[: p.dim() - (k > 1)], *s)  # (*, F, *shape)
             for p, k, s in zip(params, self.made.param_dims, self.shapes, strict=True)
         ]
         return self.univariate(*params, **self.univariate_kwargs)
@@ -102,11 +106,8 @@ class MaskedAutoregressiveTransform(LazyTransform):
         Returns:
             :math:`x_i`, with shape :math:`(*)`.
         """
-        params = [  # (*, 1, *shape): one feature
-            p.reshape(*y_i.shape, 1, *s) for p, s in zip(params, self.shapes, strict=True)
-        ]
-        h = self.univariate(*params, **self.univariate_kwargs)
-        return h.inv(y_i[..., None])[..., 0]
+        one = [p.unsqueeze(y_i.dim()) for p in params]  # (*, 1) or (*, 1, k): one feature
+        return self._transformer(one).inv(y_i[..., None])[..., 0]
 
     def forward(self, c: Tensor | None = None) -> AutoregressiveTransform:  # noqa: D102
         inverse = None
