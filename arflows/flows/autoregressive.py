@@ -150,6 +150,8 @@ class MAF(Flow):
         randperm: Random feature orders (drawn with ``generator``) instead of alternating
             natural and reversed ones.
         generator: The random generator for ``randperm`` and random degrees.
+        embedding: A module applied to the context once per call (see :class:`Flow`);
+            ``context`` is then its output size.
         kwargs: Options of :class:`MaskedAutoregressiveTransform` (``univariate``,
             ``inverse``, ``passes``, ``activation``, ``residual``, ``skip``,
             ``hidden_degrees``, ...).
@@ -174,6 +176,7 @@ class MAF(Flow):
         *,
         randperm: bool = False,
         generator: torch.Generator | None = None,
+        embedding: nn.Module | None = None,
         **kwargs,
     ):
         if transforms < 1:
@@ -189,7 +192,7 @@ class MAF(Flow):
             )
             for order in _orders(features, transforms, randperm, generator)
         ]
-        super().__init__(layers, StandardNormal(features))
+        super().__init__(layers, StandardNormal(features), embedding=embedding)
 
 
 class IAF(MAF):

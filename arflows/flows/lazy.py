@@ -16,6 +16,7 @@ __all__ = [
 ]
 
 import abc
+import inspect
 from collections.abc import Callable, Sequence
 
 import torch
@@ -23,6 +24,7 @@ from torch import Size, Tensor, nn
 from torch.distributions import Distribution
 
 from ..transforms import ComposedTransform, Transform
+from .standardize import Standardization
 
 
 class LazyTransform(nn.Module, abc.ABC):
@@ -180,15 +182,76 @@ class Flow(LazyDistribution):
     :class:`NormalizingFlow` distribution whose batch shape is ``c.shape[:-1]`` and event
     shape :math:`(D,)`; a batch of contexts gives a batch of distributions.
 
+    Before the transforms, the flow applies, in this order: the support map of bounded
+    columns (``support``), then the stored standardisation of the data
+    (:attr:`standardization`, set by :meth:`standardize_` or :func:`arflows.fit`; its
+    log-determinant is included, so densities stay those of the raw data). The context is
+    standardised (:attr:`context_standardization`) and then passed through ``embedding``
+    once per call, before any transform sees it.
+
     Args:
         transforms: The lazy transforms :math:`f_1, \dots, f_n`, data side first.
         base: The lazy base distribution.
+        embedding: A module applied to the context once per call; the transforms then see
+            its output, so their ``context`` size is the embedding's output size.
+
+    The constructor arguments of every subclass are recorded in :attr:`config` (the call as
+    written), so :func:`arflows.save` can rebuild the flow without pickling code.
     """
 
-    def __init__(self, transforms: Sequence[LazyTransform], base: LazyDistribution):
+    def __new__(cls, *args: object, **kwargs: object) -> Flow:  # noqa: D102
+        self = super().__new__(cls)
+        # The outermost constructor's arguments: what a user wrote, so a load can replay it.
+        self._config_call = (args, kwargs)
+        return self
+
+    def __init__(
+        self,
+        transforms: Sequence[LazyTransform],
+        base: LazyDistribution,
+        *,
+        embedding: nn.Module | None = None,
+    ):
         super().__init__()
         self.transforms = nn.ModuleList(transforms)
         self.base = base
+        self.embedding = embedding
+        self.support: LazyTransform | None = None
+        self.standardization = Standardization()
+        self.context_standardization = Standardization()
+
+    @property
+    def config(self) -> dict:
+        """The flow's class name and constructor arguments by name (defaults left out)."""
+        args, kwargs = getattr(self, "_config_call", ((), {}))
+        bound = inspect.signature(type(self).__init__).bind(None, *args, **kwargs)
+        arguments = dict(bound.arguments)
+        arguments.pop(next(iter(arguments)))  # self
+        for name, param in inspect.signature(type(self).__init__).parameters.items():
+            if param.kind is inspect.Parameter.VAR_KEYWORD and name in arguments:
+                arguments.update(arguments.pop(name))
+        return {"flow": type(self).__name__, "arguments": arguments}
+
+    @torch.no_grad()
+    def standardize_(self, x: Tensor, c: Tensor | None = None) -> None:
+        r"""Stores the means and scales of the data (after the support map) and the context.
+
+        Args:
+            x: The data, with shape :math:`(N, D)`.
+            c: The context, with shape :math:`(N, C)`, or ``None``.
+        """
+        if self.support is not None:
+            x = self.support()(x)
+        self.standardization.set_(x)
+        if c is not None:
+            self.context_standardization.set_(c)
+
+    def context(self, c: Tensor | None) -> Tensor | None:
+        r"""The context as the transforms see it: standardised, then embedded."""
+        if c is None:
+            return None
+        c = self.context_standardization.apply(c)
+        return c if self.embedding is None else self.embedding(c)
 
     def forward(self, c: Tensor | None = None) -> NormalizingFlow:
         r"""The distribution :math:`p(\cdot \mid c)`.
@@ -196,5 +259,10 @@ class Flow(LazyDistribution):
         Args:
             c: The context, with shape :math:`(*, C)`, or ``None`` for unconditional flows.
         """
-        transform = ComposedTransform(*(t(c) for t in self.transforms))
-        return NormalizingFlow(transform, self.base(c))
+        c = self.context(c)
+        parts = [] if self.support is None else [self.support(c)]
+        standardize = self.standardization.transform()
+        if standardize is not None:
+            parts.append(standardize)
+        parts.extend(t(c) for t in self.transforms)
+        return NormalizingFlow(ComposedTransform(*parts), self.base(c))

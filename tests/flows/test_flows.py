@@ -4,6 +4,7 @@ import torch
 from arflows import IAF, MAF, NSF, Flow
 from arflows.flows import StandardNormal, Unconditional
 from arflows.transforms import PermutationTransform
+from tests.flows import registry_agnostic, registry_coupling, registry_neural, registry_paper
 from tests.helpers import randomize
 
 F64 = torch.float64
@@ -11,7 +12,7 @@ F64 = torch.float64
 
 def flows(features, context=0):
     """The registry of flows: name -> factory."""
-    return {
+    registry = {
         "maf": lambda: MAF(features, context, transforms=3, hidden_features=(16, 16)),
         "maf_residual_random": lambda: MAF(
             features,
@@ -28,6 +29,9 @@ def flows(features, context=0):
             features, context, transforms=2, hidden_features=(16, 16), bins=5, bound=3.0
         ),
     }
+    for module in (registry_agnostic, registry_coupling, registry_neural, registry_paper):
+        registry.update(module.flows(features, context))
+    return registry
 
 
 NAMES = sorted(flows(1))

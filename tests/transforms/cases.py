@@ -146,3 +146,15 @@ CASES = {
         composed,
     ]
 }
+
+
+# Further families, each in its own module (they import Case from here, so this comes last).
+from tests.transforms import (  # noqa: E402
+    cases_coupling,
+    cases_layers,
+    cases_scalar,
+    cases_support,
+)
+
+for _module in (cases_coupling, cases_layers, cases_scalar, cases_support):
+    CASES.update(_module.CASES)

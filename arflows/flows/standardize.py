@@ -1,0 +1,109 @@
+r"""Per-feature standardisation stored inside a flow, so saved models carry it."""
+
+from __future__ import annotations
+
+__all__ = ["Standardization", "StandardizeTransform"]
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import constraints
+
+from ..transforms import Transform
+
+
+class StandardizeTransform(Transform):
+    r"""The affine map :math:`y = (x - \mu) / \sigma`, elementwise on :math:`(*, D)`.
+
+    .. math:: \log |\det J| = -\sum_i \log \sigma_i.
+
+    Args:
+        loc: The means :math:`\mu`, with shape :math:`(D,)`.
+        scale: The positive scales :math:`\sigma`, with shape :math:`(D,)`.
+    """
+
+    domain = constraints.real_vector
+    codomain = constraints.real_vector
+    bijective = True
+    sign = 1
+
+    def __init__(self, loc: Tensor, scale: Tensor):
+        super().__init__()
+        self.loc, self.scale = loc, scale
+
+    def _call(self, x: Tensor) -> Tensor:
+        return (x - self.loc) / self.scale
+
+    def _inverse(self, y: Tensor) -> Tensor:
+        return y * self.scale + self.loc
+
+    def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:  # noqa: D102
+        return (-self.scale.log().sum()).expand(x.shape[:-1])
+
+
+class Standardization(nn.Module):
+    r"""Stored means and scales of data or context columns; the identity until :meth:`set_`.
+
+    The buffers start empty (no statistics), take their size from :meth:`set_` or from a
+    loaded state dict, and are saved with the model.
+
+    Example:
+        >>> s = Standardization()
+        >>> s.set_(torch.tensor([[0.0, 10.0], [2.0, 30.0]]))
+        >>> s.apply(torch.tensor([[1.0, 20.0]])).tolist()
+        [[0.0, 0.0]]
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("loc", torch.zeros(0))
+        self.register_buffer("scale", torch.ones(0))
+
+    @property
+    def active(self) -> bool:
+        """Whether statistics have been set."""
+        return self.loc.numel() > 0
+
+    @torch.no_grad()
+    def set_(self, x: Tensor, eps: float = 1e-8) -> None:
+        r"""Sets the statistics from data.
+
+        Constant columns get scale 1 rather than 0, so they stay finite.
+
+        Args:
+            x: The data, with shape :math:`(N, D)`, :math:`N \ge 1`.
+            eps: Scales below ``eps`` (relative to the column's magnitude) count as constant.
+        """
+        if x.dim() != 2 or x.shape[0] < 1:
+            raise ValueError(
+                f"expected data with shape (rows >= 1, columns), got {tuple(x.shape)}"
+            )
+        x = x.to(self.loc.dtype if self.loc.is_floating_point() else torch.get_default_dtype())
+        loc = x.mean(0)
+        scale = x.std(0, correction=0) if x.shape[0] > 1 else torch.zeros_like(loc)
+        tiny = scale <= eps * (1 + loc.abs())
+        scale = torch.where(tiny, torch.ones_like(scale), scale)
+        self.loc = loc.to(device=self.loc.device)
+        self.scale = scale.to(device=self.scale.device)
+
+    def reset_(self) -> None:
+        """Removes the statistics (back to the identity)."""
+        self.loc = self.loc.new_zeros(0)
+        self.scale = self.scale.new_ones(0)
+
+    def apply(self, x: Tensor) -> Tensor:
+        r"""Standardises ``x`` with shape :math:`(*, D)` (unchanged while inactive)."""
+        return (x - self.loc) / self.scale if self.active else x
+
+    def transform(self) -> StandardizeTransform | None:
+        """The standardisation as a transform, or ``None`` while inactive."""
+        return StandardizeTransform(self.loc, self.scale) if self.active else None
+
+    def _load_from_state_dict(
+        self, state_dict: dict, prefix: str, *args: object, **kwargs: object
+    ) -> None:
+        # The sizes are only known once set: take them from the incoming state.
+        for name in ("loc", "scale"):
+            value = state_dict.get(prefix + name)
+            if isinstance(value, Tensor):
+                setattr(self, name, torch.empty_like(value, dtype=getattr(self, name).dtype))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
