@@ -10,7 +10,9 @@ Example:
 __all__ = [
     "IAF",
     "MAF",
+    "NICE",
     "NSF",
+    "RealNVP",
     "Flow",
     "History",
     "__version__",
@@ -20,6 +22,6 @@ __all__ = [
 
 __version__ = "0.1.0"
 
-from .flows import IAF, MAF, NSF, Flow
+from .flows import IAF, MAF, NICE, NSF, Flow, RealNVP
 from .train import History, fit
 from .transforms import check_autoregressive

@@ -1,6 +1,11 @@
 r"""Flows: lazy transforms and distributions, MAF and IAF."""
 
 __all__ = [
+    "CouplingTransform",
+    "MaskedCouplingTransform",
+    "NICE",
+    "RealNVP",
+    "coupling_layers",
     "IAF",
     "MAF",
     "Flow",
@@ -16,6 +21,13 @@ __all__ = [
 
 from .autoregressive import IAF, MAF, MaskedAutoregressiveTransform
 from .bases import StandardNormal
+from .coupling import (
+    NICE,
+    CouplingTransform,
+    MaskedCouplingTransform,
+    RealNVP,
+    coupling_layers,
+)
 from .lazy import (
     Flow,
     LazyDistribution,

@@ -1,4 +1,4 @@
-r"""Neural spline flows: :class:`MAF` with rational-quadratic spline transformers."""
+r"""Neural spline flows: rational-quadratic spline transformers, autoregressive or coupling."""
 
 from __future__ import annotations
 
@@ -8,16 +8,25 @@ from collections.abc import Sequence
 
 from ..transforms import MonotonicRQSTransform
 from .autoregressive import MAF
+from .bases import StandardNormal
+from .coupling import coupling_layers
+from .lazy import Flow
 
 
 class NSF(MAF):
-    r"""Autoregressive neural spline flow: MADE-conditioned monotone rational-quadratic splines.
+    r"""Neural spline flow: monotone rational-quadratic splines, MADE- or coupling-conditioned.
 
     Each layer maps :math:`y_i = h(x_i; \theta_i(x_{<i}, c))` with :math:`h` a spline of
     ``bins`` bins on :math:`[-B, B]` and the identity outside (see
     :class:`~arflows.transforms.MonotonicRQSTransform`); standardised data should mostly lie
-    inside :math:`[-B, B]`. Direction costs are those of :class:`MAF`: ``log_prob`` is one
-    network pass per layer, ``sample`` one sweep per layer (``inverse="sweep"``).
+    inside :math:`[-B, B]`.
+
+    Direction costs (network passes per layer). Autoregressive (the default, a :class:`MAF`
+    with splines): ``log_prob`` is one pass, ``sample`` one sweep (about one pass, sequential
+    in the features; ``inverse="sweep"``). Coupling (``coupling=True``, a
+    :class:`~arflows.flows.RealNVP` with splines: :math:`y_A = x_A`,
+    :math:`y_B = h(x_B; \theta(x_A, c))` with alternating halves): one pass both ways, fully
+    parallel, but each layer is less expressive.
 
     Args:
         features: The number of features :math:`D`.
@@ -26,7 +35,10 @@ class NSF(MAF):
         hidden_features: The hidden widths of each MADE.
         bins: The number of spline bins :math:`K`.
         bound: The half-width :math:`B` of the splines' interval.
-        kwargs: Further :class:`MAF` options (``randperm``, ``residual``, ``inverse``, ...).
+        coupling: Coupling layers with dense networks instead of MADE layers.
+        kwargs: Further :class:`MAF` options (``randperm``, ``residual``, ``inverse``, ...),
+            or with ``coupling=True`` :class:`~arflows.flows.RealNVP` options (``randperm``,
+            ``generator``, ``embedding``, ``activation``).
 
     References:
         Neural Spline Flows (Durkan et al., 2019)
@@ -37,6 +49,9 @@ class NSF(MAF):
         >>> dist = flow(torch.randn(5, 2))
         >>> dist.log_prob(torch.randn(5, 3)).shape, dist.sample((4,)).shape
         (torch.Size([5]), torch.Size([4, 5, 3]))
+        >>> flow = NSF(3, transforms=2, bins=6, hidden_features=(16,), coupling=True)
+        >>> flow().sample((4,)).shape
+        torch.Size([4, 3])
     """
 
     def __init__(
@@ -48,14 +63,18 @@ class NSF(MAF):
         *,
         bins: int = 8,
         bound: float = 5.0,
+        coupling: bool = False,
         **kwargs,
     ):
-        super().__init__(
-            features,
-            context,
-            transforms,
-            hidden_features,
-            univariate=MonotonicRQSTransform,
-            univariate_kwargs=dict(bins=bins, bound=bound),
-            **kwargs,
+        spline = dict(
+            univariate=MonotonicRQSTransform, univariate_kwargs=dict(bins=bins, bound=bound)
         )
+        if not coupling:
+            super().__init__(features, context, transforms, hidden_features, **spline, **kwargs)
+            return
+        # Coupling skips MAF's constructor (MADE layers) and builds the flow directly.
+        embedding = kwargs.pop("embedding", None)
+        layers = coupling_layers(
+            features, context, transforms, hidden_features=hidden_features, **spline, **kwargs
+        )
+        Flow.__init__(self, layers, StandardNormal(features), embedding=embedding)
