@@ -1,7 +1,6 @@
 r"""Flows: lazy transforms and distributions, MAF and IAF."""
 
 __all__ = [
-    "CouplingTransform",
     "MaskedCouplingTransform",
     "NICE",
     "RealNVP",
@@ -23,7 +22,6 @@ from .autoregressive import IAF, MAF, MaskedAutoregressiveTransform
 from .bases import StandardNormal
 from .coupling import (
     NICE,
-    CouplingTransform,
     MaskedCouplingTransform,
     RealNVP,
     coupling_layers,

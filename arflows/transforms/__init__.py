@@ -4,6 +4,7 @@ __all__ = [
     "AutoregressiveReport",
     "AutoregressiveTransform",
     "ComposedTransform",
+    "CouplingTransform",
     "InverseTransform",
     "MonotonicAffineTransform",
     "MonotonicRQSTransform",
@@ -15,6 +16,7 @@ __all__ = [
 from .autoregressive import AutoregressiveTransform
 from .base import ComposedTransform, InverseTransform, Transform
 from .check import AutoregressiveReport, check_autoregressive
+from .coupling import CouplingTransform
 from .permutation import PermutationTransform
 from .spline import MonotonicRQSTransform
 from .univariate import MonotonicAffineTransform
