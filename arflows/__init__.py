@@ -10,6 +10,7 @@ Example:
 __all__ = [
     "IAF",
     "MAF",
+    "MADEMoGFlow",
     "NICE",
     "NSF",
     "RealNVP",
@@ -22,6 +23,6 @@ __all__ = [
 
 __version__ = "0.1.0"
 
-from .flows import IAF, MAF, NICE, NSF, Flow, RealNVP
+from .flows import IAF, MAF, NICE, NSF, Flow, MADEMoGFlow, RealNVP
 from .train import History, fit
 from .transforms import check_autoregressive

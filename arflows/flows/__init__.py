@@ -1,6 +1,12 @@
 r"""Flows: lazy transforms and distributions, MAF and IAF."""
 
 __all__ = [
+    "ActNorm",
+    "AutoregressiveMoG",
+    "BatchNorm",
+    "LULinear",
+    "MADEMoG",
+    "MADEMoGFlow",
     "MaskedCouplingTransform",
     "NICE",
     "RealNVP",
@@ -34,4 +40,7 @@ from .lazy import (
     NormalizingFlow,
     Unconditional,
 )
+from .linear import LULinear
+from .mixture import AutoregressiveMoG, MADEMoG, MADEMoGFlow
+from .normalization import ActNorm, BatchNorm
 from .spline import NSF

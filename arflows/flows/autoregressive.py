@@ -15,6 +15,9 @@ from ..nn import MADE, made_sweep
 from ..transforms import AutoregressiveTransform, MonotonicAffineTransform, Transform
 from .bases import StandardNormal
 from .lazy import Flow, LazyInverse, LazyTransform
+from .linear import LULinear
+from .mixture import MADEMoG
+from .normalization import ActNorm, BatchNorm
 
 _INVERSES = ("sweep", "passes")
 
@@ -134,6 +137,12 @@ def _orders(
             yield torch.arange(features - 1, -1, -1)
 
 
+_BASES = ("normal", "mog")
+_LINEARS = (None, "lu")
+# MaskedAutoregressiveTransform's own options, which the MoG base's MADE does not take.
+_TRANSFORM_ONLY = ("univariate", "univariate_kwargs", "passes", "inverse")
+
+
 class MAF(Flow):
     r"""Masked autoregressive flow: MADE transforms with alternating orders on a standard normal.
 
@@ -141,6 +150,15 @@ class MAF(Flow):
     pass (data to noise is the parallel direction, so training is fast); ``sample`` inverts
     each layer sequentially, at about the cost of one pass with the default one-sweep inverse
     (``inverse="sweep"``) and up to :math:`D` passes with ``inverse="passes"``.
+
+    The MAF paper's options, data side first, for each autoregressive layer :math:`k`: an
+    ``"lu"`` linear layer before every layer but the first (:class:`~arflows.flows.LULinear`,
+    :math:`O(D^2)` each way), the MADE layer, then batch normalisation
+    (:class:`~arflows.flows.BatchNorm`) or ActNorm (:class:`~arflows.flows.ActNorm`). With
+    ``base="mog"`` the base is a MADE mixture of Gaussians conditioned on the context
+    (:class:`~arflows.flows.MADEMoG`, "MAF (MoG)" in the paper): one more MADE pass for
+    ``log_prob``, one more sweep (with a bisection per feature) for ``sample``. It starts as
+    :math:`\mathcal{N}(0, I)` exactly, like the default base.
 
     Args:
         features: The number of features :math:`D`.
@@ -152,9 +170,17 @@ class MAF(Flow):
         generator: The random generator for ``randperm`` and random degrees.
         embedding: A module applied to the context once per call (see :class:`Flow`);
             ``context`` is then its output size.
+        base: ``"normal"`` (standard normal) or ``"mog"`` (a MADE mixture of Gaussians, in the
+            order following the last layer's).
+        components: The mixture components per feature of the ``"mog"`` base.
+        batch_norm: Batch normalisation after every MADE layer. In training mode it
+            normalises with the statistics of each batch (at least two points per call); call
+            ``flow.eval()`` to evaluate single points with the running averages.
+        actnorm: ActNorm after every MADE layer, initialised from the first training batch.
+        linear: ``"lu"`` for an LU linear layer between consecutive MADE layers, or ``None``.
         kwargs: Options of :class:`MaskedAutoregressiveTransform` (``univariate``,
             ``inverse``, ``passes``, ``activation``, ``residual``, ``skip``,
-            ``hidden_degrees``, ...).
+            ``hidden_degrees``, ...); the MADE options also reach the ``"mog"`` base's MADE.
 
     References:
         Masked Autoregressive Flow for Density Estimation (Papamakarios et al., 2017)
@@ -165,6 +191,9 @@ class MAF(Flow):
         >>> dist = flow(torch.randn(5, 2))
         >>> dist.batch_shape, dist.event_shape, dist.sample((4,)).shape
         (torch.Size([5]), torch.Size([3]), torch.Size([4, 5, 3]))
+        >>> flow = MAF(3, transforms=2, base="mog", components=4, linear="lu", actnorm=True)
+        >>> flow().log_prob(torch.randn(8, 3)).shape
+        torch.Size([8])
     """
 
     def __init__(
@@ -177,22 +206,45 @@ class MAF(Flow):
         randperm: bool = False,
         generator: torch.Generator | None = None,
         embedding: nn.Module | None = None,
+        base: str = "normal",
+        components: int = 10,
+        batch_norm: bool = False,
+        actnorm: bool = False,
+        linear: str | None = None,
         **kwargs,
     ):
         if transforms < 1:
             raise ValueError(f"expected `transforms >= 1`, got {transforms}")
-        layers = [
-            MaskedAutoregressiveTransform(
-                features,
-                context,
-                order=order,
-                hidden_features=hidden_features,
-                generator=generator,
-                **kwargs,
+        if base not in _BASES:
+            raise ValueError(f"expected `base` in {_BASES}, got {base!r}")
+        if linear not in _LINEARS:
+            raise ValueError(f"expected `linear` in {_LINEARS}, got {linear!r}")
+        if batch_norm and actnorm:
+            raise ValueError("expected at most one of `batch_norm` and `actnorm`, got both")
+        # Drawn lazily: each layer's order just before its MADE, as the random stream expects.
+        orders = _orders(features, transforms + (base == "mog"), randperm, generator)
+        layers = []
+        for k in range(transforms):
+            if linear == "lu" and k > 0:
+                layers.append(LULinear(features))
+            layers.append(
+                MaskedAutoregressiveTransform(
+                    features,
+                    context,
+                    order=next(orders),
+                    hidden_features=hidden_features,
+                    generator=generator,
+                    **kwargs,
+                )
             )
-            for order in _orders(features, transforms, randperm, generator)
-        ]
-        super().__init__(layers, StandardNormal(features), embedding=embedding)
+            if batch_norm or actnorm:
+                layers.append(BatchNorm(features) if batch_norm else ActNorm(features))
+        lazy_base = StandardNormal(features)
+        if base == "mog":
+            made_kwargs = {k: v for k, v in kwargs.items() if k not in _TRANSFORM_ONLY}
+            made_kwargs.update(order=next(orders), generator=generator)
+            lazy_base = MADEMoG(features, context, components, hidden_features, **made_kwargs)
+        super().__init__(layers, lazy_base, embedding=embedding)
 
 
 class IAF(MAF):
@@ -203,7 +255,11 @@ class IAF(MAF):
     **one** pass (sampling is fast, as needed for variational inference); ``log_prob`` of
     outside points inverts each layer sequentially, at about the cost of one pass with the
     default one-sweep inverse and up to :math:`D` passes with ``inverse="passes"``. Same
-    arguments as :class:`MAF`.
+    arguments as :class:`MAF`, but without ``batch_norm`` and ``actnorm``: their statistics
+    come from the data-to-noise direction's inputs, which an IAF never computes in its fast
+    direction. ``linear="lu"`` works (each layer is inverted). ``base="mog"`` works too, with
+    reparameterised base samples (see :class:`~arflows.flows.MADEMoG`), but sampling then
+    adds the base's sweep with a bisection per feature to the one pass per layer.
 
     References:
         Improved Variational Inference with Inverse Autoregressive Flow (Kingma et al., 2016)
@@ -217,5 +273,12 @@ class IAF(MAF):
     """
 
     def __init__(self, features: int, context: int = 0, transforms: int = 5, *args, **kwargs):
+        for option in ("batch_norm", "actnorm"):
+            if kwargs.get(option):
+                raise ValueError(
+                    f"IAF does not support `{option}=True`: its statistics come from the "
+                    "data-to-noise inputs, which IAF never computes when sampling; use MAF, "
+                    "or linear='lu'"
+                )
         super().__init__(features, context, transforms, *args, **kwargs)
         self.transforms = nn.ModuleList(LazyInverse(t) for t in self.transforms)

@@ -1,6 +1,9 @@
 r"""Transforms: bijections with log-determinants, built on ``torch.distributions``."""
 
 __all__ = [
+    "ActNormTransform",
+    "BatchNormTransform",
+    "LULinearTransform",
     "AutoregressiveReport",
     "AutoregressiveTransform",
     "ComposedTransform",
@@ -17,6 +20,8 @@ from .autoregressive import AutoregressiveTransform
 from .base import ComposedTransform, InverseTransform, Transform
 from .check import AutoregressiveReport, check_autoregressive
 from .coupling import CouplingTransform
+from .linear import LULinearTransform
+from .normalization import ActNormTransform, BatchNormTransform
 from .permutation import PermutationTransform
 from .spline import MonotonicRQSTransform
 from .univariate import MonotonicAffineTransform

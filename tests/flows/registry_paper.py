@@ -1,5 +1,23 @@
-"""Flow registry entries (see test_flows.flows) for the paper flows."""
+"""Flow registry entries (see test_flows.flows) for the MAF paper's extras.
+
+The normalisation layers are built in eval mode: the registry evaluates fresh flows on single
+points, which batch statistics (and an ActNorm's first-batch initialisation) cannot serve.
+Their training modes are tested in tests/transforms/test_normalization.py.
+"""
+
+from arflows import IAF, MAF
+from arflows.flows.mixture import MADEMoGFlow
 
 
 def flows(features, context=0):
-    return {}
+    small = dict(hidden_features=(16, 16))
+    return {
+        "maf_mog": lambda: MAF(features, context, transforms=2, base="mog", components=3, **small),
+        "made_mog": lambda: MADEMoGFlow(features, context, components=4, **small),
+        "maf_batchnorm": lambda: MAF(
+            features, context, transforms=2, batch_norm=True, **small
+        ).eval(),
+        "maf_actnorm": lambda: MAF(features, context, transforms=2, actnorm=True, **small).eval(),
+        "maf_lu": lambda: MAF(features, context, transforms=2, linear="lu", **small),
+        "iaf_lu": lambda: IAF(features, context, transforms=2, linear="lu", **small),
+    }
