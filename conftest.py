@@ -1,5 +1,7 @@
 """Doctest set-up: ``torch`` in every namespace and a fixed seed."""
 
+import importlib.util
+
 import pytest
 import torch
 
@@ -8,3 +10,10 @@ import torch
 def _doctest_torch(doctest_namespace: dict) -> None:
     torch.manual_seed(0)
     doctest_namespace["torch"] = torch
+
+# Modules of optional extras: their doctests only run where the extra is installed.
+collect_ignore = [
+    f"arflows/{module}.py"
+    for module, package in (("sklearn", "sklearn"), ("pyro", "pyro"))
+    if importlib.util.find_spec(package) is None
+]

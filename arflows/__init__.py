@@ -13,16 +13,20 @@ __all__ = [
     "MADEMoGFlow",
     "NICE",
     "NSF",
+    "OrderAgnosticMAF",
     "RealNVP",
     "Flow",
     "History",
     "__version__",
     "check_autoregressive",
     "fit",
+    "load",
+    "save",
 ]
 
 __version__ = "0.1.0"
 
-from .flows import IAF, MAF, NICE, NSF, Flow, MADEMoGFlow, RealNVP
+from .flows import IAF, MAF, NICE, NSF, Flow, MADEMoGFlow, OrderAgnosticMAF, RealNVP
+from .io import load, save
 from .train import History, fit
 from .transforms import check_autoregressive

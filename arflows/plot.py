@@ -1,19 +1,77 @@
-r"""Figures of 2-D flows (matplotlib is imported only when a figure is drawn)."""
+r"""Figures of flows and fits (matplotlib, the optional extra ``arflows[plot]``).
+
+matplotlib is imported only when a figure is drawn. Figures are built with
+:class:`matplotlib.figure.Figure` directly, never through ``pyplot``, so drawing one neither
+picks nor changes the user's backend and leaves no global state behind.
+"""
 
 from __future__ import annotations
 
-__all__ = ["density_figure"]
+__all__ = ["density_figure", "density_grid", "loss_figure", "new_figure", "save_figure"]
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from .flows import Flow
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
-def _grid(data: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
+
+def new_figure(**kwargs: object) -> Figure:
+    """A new matplotlib figure, not attached to ``pyplot``.
+
+    Args:
+        kwargs: Arguments of :class:`matplotlib.figure.Figure` (``figsize``, ``dpi``, ...).
+
+    Raises:
+        ImportError: If matplotlib is missing, with the command that installs it.
+    """
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as error:
+        raise ImportError(
+            "drawing figures needs matplotlib, which is not installed: pip install 'arflows[plot]'"
+        ) from error
+    return Figure(**kwargs)
+
+
+def save_figure(fig: Figure, path: str | Path, *, dpi: int = 100) -> Path:
+    """Writes a figure as a PNG (creating the folder) and returns the path.
+
+    Args:
+        fig: The figure.
+        path: Where to write it.
+        dpi: The resolution.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    return path
+
+
+def density_grid(data: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
+    r"""A square grid covering the bulk of 2-D data (0.5% to 99.5% quantiles, padded 15%).
+
+    Args:
+        data: The points, with shape :math:`(N, 2)`.
+        n: The points per axis.
+
+    Returns:
+        The coordinates ``xx`` and ``yy``, each with shape :math:`(n, n)`, and the grid
+        points, with shape :math:`(n^2, 2)`.
+
+    Example:
+        >>> xx, yy, grid = density_grid(torch.randn(100, 2), 5)
+        >>> xx.shape, grid.shape
+        (torch.Size([5, 5]), torch.Size([25, 2]))
+    """
+    if data.dim() != 2 or data.shape[1] != 2:
+        raise ValueError(f"expected 2-D data with shape (N, 2), got {tuple(data.shape)}")
     lo, hi = data.quantile(0.005, dim=0), data.quantile(0.995, dim=0)
     pad = 0.15 * (hi - lo)
     a = torch.linspace(float(lo[0] - pad[0]), float(hi[0] + pad[0]), n, dtype=data.dtype)
@@ -46,16 +104,11 @@ def density_figure(
     Returns:
         The path written.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     if data.dim() != 2 or data.shape[1] != 2:
         raise ValueError(f"expected 2-D data with shape (N, 2), got {tuple(data.shape)}")
     param = next(flow.parameters())
     data = data.detach().to("cpu", param.dtype)
-    xx, yy, grid = _grid(data, resolution)
+    xx, yy, grid = density_grid(data, resolution)
     with torch.no_grad():
         learned = flow().log_prob(grid.to(param.device)).exp().cpu().view_as(xx)
         drawn = flow().sample((samples,)).cpu()
@@ -65,7 +118,8 @@ def density_figure(
         panels.append(("true density", true_log_prob(grid).exp().view_as(xx)))
     panels += [("learned density", learned), ("flow samples", drawn)]
     xx, yy = xx.numpy(), yy.numpy()
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), squeeze=False)
+    fig = new_figure(figsize=(4 * len(panels), 4))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (name, tensor) in zip(axes[0], panels, strict=True):
         value = tensor.numpy()
         if name in ("data", "flow samples"):
@@ -80,8 +134,31 @@ def density_figure(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
+
+
+def loss_figure(
+    train: Sequence[float], valid: Sequence[float], *, best_epoch: int | None = None
+) -> Figure:
+    """Training and validation average log-likelihood (nats per row) against the epoch.
+
+    Args:
+        train: The training average log-likelihood of each epoch.
+        valid: The validation average log-likelihood of each epoch.
+        best_epoch: The epoch whose weights were kept, marked with a vertical line.
+
+    Returns:
+        A matplotlib figure.
+    """
+    fig = new_figure(figsize=(6, 4))
+    ax = fig.subplots()
+    ax.plot(range(1, len(train) + 1), list(train), label="train")
+    ax.plot(range(1, len(valid) + 1), list(valid), label="valid")
+    if best_epoch is not None and best_epoch >= 0:
+        ax.axvline(best_epoch + 1, color="k", ls="--", lw=0.8, label="best")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("average log-likelihood (nats)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig

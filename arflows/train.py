@@ -12,60 +12,164 @@ from __future__ import annotations
 
 __all__ = ["History", "fit"]
 
+import contextlib
 import copy
 import math
+import numbers
+import operator
 import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import Tensor
+from torch.distributions import Distribution
 
+from .dequantize import dequantize as uniform_dequantize
 from .flows import Flow
+
+Callback = Callable[[int, "History", Flow], "bool | None"]
+_SCHEDULES = ("cosine", "plateau", None)
+_NUMBER_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
 @dataclass
 class History:
-    r"""What :func:`fit` did: average log-likelihoods (nats per point) per epoch.
+    r"""What :func:`fit` did: average log-likelihoods (nats per row of the data) per epoch.
+
+    The log-likelihoods are those of the data as given (the flow's stored standardisation
+    is part of the density), of the dequantised data where columns are dequantised.
 
     Attributes:
         train: The training average log-likelihood of each epoch (running, over batches).
-        valid: The validation average log-likelihood after each epoch.
-        best_epoch: The epoch whose weights were kept (the best validation score).
-        stopped_early: Whether the patience ran out before the last epoch.
+        valid: The validation average log-likelihood after each epoch (empty without
+            validation).
+        lr: The learning rate at the start of each epoch.
+        best_epoch: The epoch whose weights were kept: the best validation score, or the
+            last completed epoch without validation; -1 for the initial weights.
+        stopped_early: Whether training ended before ``epochs`` because the patience ran
+            out or a callback asked to stop.
+        stopped_nonfinite: ``None``, or the message saying where the loss (or gradient)
+            became NaN or infinite; training stopped there and the weights of
+            ``best_epoch`` were kept.
+        seconds: The wall-clock duration of the whole fit, in seconds.
     """
 
     train: list[float] = field(default_factory=list)
     valid: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
     best_epoch: int = -1
     stopped_early: bool = False
+    stopped_nonfinite: str | None = None
+    seconds: float = 0.0
 
 
-def _check_data(name: str, x: Tensor, rows: int | None = None) -> Tensor:
-    x = torch.as_tensor(x)
-    if not (x.is_floating_point() or x.dtype in (torch.int32, torch.int64, torch.bool)):
-        raise TypeError(f"expected `{name}` to hold numbers, got dtype {x.dtype}")
+def _as_data(
+    name: str, x: object, dtype: torch.dtype, rows: int | None = None, columns: int | None = None
+) -> Tensor:
+    """``x`` as a finite ``(rows, columns)`` tensor of ``dtype``; integers become floats."""
+    if not isinstance(x, Tensor):
+        if isinstance(x, str | bytes):
+            raise TypeError(f"expected `{name}` to hold numbers, got a {type(x).__name__}")
+        try:
+            array = np.asarray(x)
+        except ValueError as error:
+            raise ValueError(f"expected `{name}` with shape (rows, columns): {error}") from None
+        if array.dtype.kind not in "biuf":
+            raise TypeError(
+                f"expected `{name}` to hold numbers, got a {type(x).__name__} of dtype "
+                f"{array.dtype}"
+            )
+        # A copy: the caller's array may be read-only (a memory map) or change later.
+        x = torch.tensor(array)
+    elif x.is_complex() or not (x.is_floating_point() or x.dtype in _NUMBER_DTYPES):
+        raise TypeError(f"expected `{name}` to hold real numbers, got dtype {x.dtype}")
     if x.dim() != 2:
         raise ValueError(f"expected `{name}` with shape (rows, columns), got {tuple(x.shape)}")
     if rows is not None and x.shape[0] != rows:
         raise ValueError(f"expected `{name}` with {rows} rows (as x), got {x.shape[0]}")
-    bad = ~torch.isfinite(x.double())
+    if columns is not None and x.shape[1] != columns:
+        raise ValueError(f"expected `{name}` with {columns} columns, got {x.shape[1]}")
+    x = x.to(dtype)
+    bad = ~torch.isfinite(x)
     if bad.any():
         row, col = (int(i) for i in bad.nonzero()[0])
-        raise ValueError(f"`{name}` holds NaN or inf, first at row {row}, column {col}")
+        raise ValueError(f"`{name}` holds NaN or inf ({dtype}), first at row {row}, column {col}")
     return x
 
 
-def _split(
-    x: Tensor, c: Tensor | None, valid: float, generator: torch.Generator
-) -> tuple[tuple[Tensor, Tensor | None], tuple[Tensor, Tensor | None]]:
-    if not 0 < valid < 1:
-        raise ValueError(f"expected a validation fraction `valid` in (0, 1), got {valid}")
-    n_valid = max(1, round(valid * len(x)))
-    if n_valid >= len(x):
-        raise ValueError(f"too few rows ({len(x)}) to hold out a validation fraction {valid}")
-    perm = torch.randperm(len(x), generator=generator)
-    tr, va = perm[n_valid:], perm[:n_valid]
-    return (x[tr], None if c is None else c[tr]), (x[va], None if c is None else c[va])
+def _held_out(
+    valid: object, x: Tensor, c: Tensor | None, generator: torch.Generator
+) -> tuple[tuple[Tensor, Tensor | None], tuple[Tensor, Tensor | None] | None]:
+    """The training rows and the validation rows (``None`` without validation)."""
+    if isinstance(valid, numbers.Real) and not isinstance(valid, bool):
+        if valid == 0:
+            return (x, c), None
+        if not 0 < valid < 1:
+            raise ValueError(f"expected a validation fraction `valid` in [0, 1), got {valid}")
+        n_valid = max(1, round(valid * len(x)))
+        if n_valid >= len(x):
+            raise ValueError(f"too few rows ({len(x)}) to hold out a validation fraction {valid}")
+        perm = torch.randperm(len(x), generator=generator).to(x.device)
+        tr, va = perm[n_valid:], perm[:n_valid]
+        return (x[tr], None if c is None else c[tr]), (x[va], None if c is None else c[va])
+    if valid is None:
+        return (x, c), None
+    if isinstance(valid, bool):
+        raise TypeError("expected `valid` to be a fraction, rows, (rows, contexts) or None")
+    if isinstance(valid, tuple):
+        if len(valid) != 2:
+            raise ValueError(f"expected `valid=(x_valid, c_valid)`, got a {len(valid)}-tuple")
+        x_va, c_va = valid
+    else:
+        x_va, c_va = valid, None
+    x_va = _as_data("valid", x_va, x.dtype, columns=x.shape[1])
+    if (c is None) != (c_va is None):
+        raise ValueError(
+            "expected `valid=(x_valid, c_valid)` with contexts exactly when `context` is given"
+        )
+    if c is not None:
+        c_va = _as_data("valid context", c_va, x.dtype, rows=len(x_va), columns=c.shape[1])
+    if len(x_va) < 1:
+        raise ValueError("expected at least 1 validation row, got 0")
+    return (x, c), (x_va.to(x.device), None if c_va is None else c_va.to(x.device))
+
+
+def _columns(dequantize: Sequence[int] | None, features: int) -> list[int]:
+    """The distinct non-negative column indices to dequantise."""
+    if dequantize is None:
+        return []
+    if isinstance(dequantize, str | bytes) or not hasattr(dequantize, "__iter__"):
+        raise TypeError(f"expected `dequantize` to be column indices, got {dequantize!r}")
+    columns = set()
+    for i in dequantize:
+        try:
+            i = operator.index(i)
+        except TypeError:
+            raise TypeError(f"expected integer columns in `dequantize`, got {i!r}") from None
+        if not -features <= i < features:
+            raise ValueError(
+                f"expected `dequantize` columns in [0, {features}) (the data's), got {i}"
+            )
+        columns.add(i % features)
+    return sorted(columns)
+
+
+class _Dequantizer:
+    """Adds fresh :math:`U[0, 1)` noise to ``columns`` on each call (nothing without columns)."""
+
+    def __init__(self, columns: list[int], device: torch.device, generator: torch.Generator):
+        self.columns = columns
+        # The noise is drawn where the data live, from a generator seeded by the main one.
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(int(torch.randint(2**62, (), generator=generator)))
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if not self.columns:
+            return x
+        return uniform_dequantize(x, self.columns, generator=self.generator)
 
 
 @torch.no_grad()
@@ -77,103 +181,264 @@ def _average_log_prob(flow: Flow, x: Tensor, c: Tensor | None, batch_size: int =
     return total / len(x)
 
 
+def _check_options(
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    patience: int | None,
+    clip_grad: float | None,
+    schedule: str | None,
+    callbacks: Sequence[Callback],
+) -> None:
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"expected an integer `{name} >= 1`, got {value!r}")
+    if not isinstance(lr, numbers.Real) or not 0 < lr < math.inf:
+        raise ValueError(f"expected a finite `lr > 0`, got {lr!r}")
+    if not isinstance(weight_decay, numbers.Real) or not 0 <= weight_decay < math.inf:
+        raise ValueError(f"expected a finite `weight_decay >= 0`, got {weight_decay!r}")
+    if patience is not None and (not isinstance(patience, numbers.Integral) or patience < 1):
+        raise ValueError(f"expected an integer `patience >= 1` or None, got {patience!r}")
+    if clip_grad is not None and (not isinstance(clip_grad, numbers.Real) or not clip_grad > 0):
+        raise ValueError(f"expected `clip_grad > 0` or None, got {clip_grad!r}")
+    if schedule not in _SCHEDULES:
+        raise ValueError(f"expected `schedule` in {_SCHEDULES}, got {schedule!r}")
+    if not all(callable(callback) for callback in callbacks):
+        raise TypeError(f"expected `callbacks` to be a sequence of callables, got {callbacks!r}")
+
+
 def fit(
     flow: Flow,
     x: Tensor,
     context: Tensor | None = None,
     *,
-    valid: float = 0.1,
+    valid: float | Tensor | tuple[Tensor, Tensor | None] | None = 0.1,
     epochs: int = 100,
     batch_size: int = 256,
     lr: float = 1e-3,
+    weight_decay: float = 0.0,
     patience: int | None = 10,
-    seed: int | None = None,
+    clip_grad: float | None = 5.0,
+    schedule: str | None = "cosine",
+    standardize: bool = True,
+    dequantize: Sequence[int] | None = None,
+    seed: int | None = 0,
     progress: bool = True,
+    callbacks: Sequence[Callback] = (),
 ) -> History:
-    r"""Fits a flow by maximum likelihood with Adam; keeps the best validation weights.
+    r"""Fits a flow by maximum likelihood with AdamW; keeps the best validation weights.
 
-    Minimises :math:`-\frac{1}{N} \sum_n \log p(x_n \mid c_n)` over mini-batches. After each
-    epoch the held-out average log-likelihood is measured; the best weights are restored at
-    the end, and training stops after ``patience`` epochs without improvement.
+    Minimises :math:`-\frac{1}{N} \sum_n \log p(x_n \mid c_n)` over shuffled mini-batches.
+    After each epoch the held-out average log-likelihood is measured; training stops after
+    ``patience`` epochs without improvement, and the best weights are restored at the end.
+    Without validation there is no early stopping and the last weights are kept.
+
+    With ``standardize`` the flow first stores the training rows' means and scales
+    (:meth:`~arflows.Flow.standardize_`): the flow then sees standardised data, while its
+    densities (with the standardisation's log-determinant) and samples stay those of the
+    raw data.
+
+    A NaN or infinite loss (or gradient norm, with clipping) stops training at once: the
+    weights of ``best_epoch`` (the initial ones if no epoch completed) are restored and
+    :attr:`History.stopped_nonfinite` names the epoch and step. The weights left in the flow
+    are always finite ones that were kept, never the diverged ones. (During the fit, torch's
+    distribution argument checks are off, the data having been checked up front, so that
+    diverging weights show as a NaN loss rather than a support error.)
 
     Args:
-        flow: The flow to fit, in place.
-        x: The data, with shape :math:`(N, D)`.
+        flow: The flow to fit, in place; the data follow its parameters' dtype and device.
+        x: The data, with shape :math:`(N, D)`, :math:`N \ge 2` (integers become floats).
         context: The contexts, with shape :math:`(N, C)`, for conditional flows.
-        valid: The fraction of rows held out for validation.
+        valid: The validation rows: a fraction of ``x`` held out at random; a tensor (or
+            array) with shape :math:`(N_v, D)`; a tuple ``(x_valid, c_valid)``; or ``None``
+            (or 0) for no validation.
         epochs: The maximum number of passes over the training rows.
-        batch_size: The mini-batch size.
-        lr: The Adam learning rate.
+        batch_size: The mini-batch size (larger than the data is fine: one batch).
+        lr: The (initial) learning rate.
+        weight_decay: AdamW's decoupled weight decay.
         patience: Epochs without validation improvement before stopping (``None``: never).
-        seed: Seeds the split and the batch order.
-        progress: Whether to show a tqdm progress bar (only on a terminal).
+        clip_grad: The maximum norm of the gradient of all parameters (``None``: no clip).
+        schedule: ``"cosine"``: the learning rate decays from ``lr`` to ``lr / 100`` along a
+            half cosine over all steps of ``epochs`` epochs; ``"plateau"``: it halves after
+            ``max(1, patience // 2)`` epochs (5 without patience) in which the validation
+            score (the training score without validation) gained less than 0.001 nats;
+            ``None``: constant.
+        standardize: Whether to store the training rows' standardisation in the flow first.
+        dequantize: Column indices of integer-valued data to dequantise: training rows get
+            fresh :math:`U[0, 1)` noise every epoch, validation rows one fixed draw.
+        seed: Seeds the split, the batch order and the dequantisation noise (``None``:
+            drawn from torch's global generator). The same seed and initial weights give
+            bit-identical weights on CPU.
+        progress: Whether to show a tqdm progress bar (only when stderr is a terminal).
+        callbacks: Functions ``callback(epoch, history, flow)`` called after each epoch
+            (with the epoch's weights, before early stopping is checked); one returning
+            ``True`` stops training.
 
     Returns:
         The :class:`History` of the fit.
 
     Raises:
-        FloatingPointError: If the loss becomes NaN or infinite; the best weights so far are
-            restored first.
+        ValueError: For bad options or data (fewer than 2 rows, wrong shapes, NaN or inf).
+        TypeError: For data that are not numbers.
+        FloatingPointError: If the very first step already has a non-finite loss or
+            gradient (no good weights exist); the initial weights are restored first.
     """
-    if epochs < 1 or batch_size < 1 or lr <= 0:
-        raise ValueError(
-            f"expected `epochs >= 1`, `batch_size >= 1` and `lr > 0`, got {epochs}, "
-            f"{batch_size} and {lr}"
-        )
-    dtype = next(flow.parameters()).dtype
-    x = _check_data("x", x).to(dtype)
-    c = None if context is None else _check_data("context", context, len(x)).to(dtype)
+    start = time.perf_counter()
+    callbacks = tuple(callbacks)
+    _check_options(epochs, batch_size, lr, weight_decay, patience, clip_grad, schedule, callbacks)
+    param = next(flow.parameters(), None)
+    if param is None:
+        raise ValueError("expected a flow with parameters to fit, got none")
+    x = _as_data("x", x, param.dtype).to(param.device)
+    if len(x) < 2:
+        raise ValueError(f"too few rows: expected `x` with at least 2 rows, got {len(x)}")
+    c = None
+    if context is not None:
+        c = _as_data("context", context, param.dtype, rows=len(x)).to(param.device)
     generator = torch.Generator()
     generator.manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
-    (x_tr, c_tr), (x_va, c_va) = _split(x, c, valid, generator)
-    device = next(flow.parameters()).device
-    x_tr, x_va = x_tr.to(device), x_va.to(device)
-    c_tr = None if c_tr is None else c_tr.to(device)
-    c_va = None if c_va is None else c_va.to(device)
+    noisy = _Dequantizer(_columns(dequantize, x.shape[1]), x.device, generator)
+    (x_tr, c_tr), held = _held_out(valid, x, c, generator)
+    if held is not None:
+        held = (noisy(held[0]), held[1])
+    # The state before any change: what a failure in the first epoch goes back to.
+    best, best_score = copy.deepcopy(flow.state_dict()), -math.inf
+    if standardize:
+        flow.standardize_(noisy(x_tr), c_tr)
 
-    optimizer = torch.optim.Adam(flow.parameters(), lr=lr)
-    history, best = History(), (-math.inf, copy.deepcopy(flow.state_dict()))
-    bar = _progress(epochs, progress)
-    try:
+    optimizer = torch.optim.AdamW(flow.parameters(), lr=lr, weight_decay=weight_decay)
+    steps_per_epoch = math.ceil(len(x_tr) / batch_size)
+    scheduler = None
+    if schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, epochs * steps_per_epoch, lr / 100
+        )
+    elif schedule == "plateau":
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer,
+            mode="max",
+            factor=0.5,
+            patience=max(1, (patience or 10) // 2),
+            threshold=1e-3,  # nats per row
+            threshold_mode="abs",
+        )
+    history, bar = History(), _progress(epochs, progress)
+    stepper = _Step(flow, optimizer, scheduler if schedule == "cosine" else None, clip_grad)
+    # NaN weights must reach the checks as a NaN loss, not as torch's support error.
+    with _unvalidated(), contextlib.closing(bar):
         for epoch in range(epochs):
-            flow.train()
-            order = torch.randperm(len(x_tr), generator=generator).to(device)
-            total = 0.0
-            for step, i in enumerate(range(0, len(x_tr), batch_size)):
-                idx = order[i : i + batch_size]
-                loss = -flow(None if c_tr is None else c_tr[idx]).log_prob(x_tr[idx]).mean()
-                if not torch.isfinite(loss):
-                    flow.load_state_dict(best[1])
+            history.lr.append(optimizer.param_groups[0]["lr"])
+            x_epoch = noisy(x_tr)
+            order = torch.randperm(len(x_tr), generator=generator).to(x_tr.device)
+            batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+            total, failure = stepper.epoch(x_epoch, c_tr, batches, epoch)
+            if failure is not None:
+                flow.load_state_dict(best)
+                if stepper.done == 0:
                     raise FloatingPointError(
-                        f"the loss became {loss.item()} at epoch {epoch}, step {step}; the "
-                        f"best weights so far (epoch {history.best_epoch}) were restored"
+                        f"{failure}, before any good step; the initial weights were restored "
+                        "(check the data's scale, or lower `lr`)"
                     )
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                total -= loss.item() * len(idx)
-            flow.eval()
-            history.train.append(total / len(x_tr))
-            history.valid.append(_average_log_prob(flow, x_va, c_va))
-            if history.valid[-1] > best[0]:
-                best = (history.valid[-1], copy.deepcopy(flow.state_dict()))
-                history.best_epoch = epoch
-            if bar is not None:
-                bar.set_postfix(train=f"{history.train[-1]:.3f}", valid=f"{history.valid[-1]:.3f}")
-                bar.update()
-            if patience is not None and epoch - history.best_epoch >= patience:
-                history.stopped_early = True
+                kept = "initial" if history.best_epoch < 0 else f"epoch {history.best_epoch}"
+                history.stopped_nonfinite = f"{failure}; the {kept} weights were kept"
                 break
-    finally:
-        if bar is not None:
-            bar.close()
-    flow.load_state_dict(best[1])
+            history.train.append(total / len(x_tr))
+            if held is not None:
+                history.valid.append(_average_log_prob(flow, *held))
+            score = history.train[-1] if held is None else history.valid[-1]
+            if held is None or score > best_score:
+                best, best_score = copy.deepcopy(flow.state_dict()), score
+                history.best_epoch = epoch
+            if schedule == "plateau" and math.isfinite(score):
+                scheduler.step(score)
+            postfix = {"train": f"{history.train[-1]:.3f}"}
+            if held is not None:
+                postfix["valid"] = f"{history.valid[-1]:.3f}"
+            bar.set_postfix(postfix)
+            bar.update()
+            stop = [bool(callback(epoch, history, flow)) for callback in callbacks]
+            waited = epoch - history.best_epoch
+            if any(stop) or (held is not None and patience is not None and waited >= patience):
+                history.stopped_early = epoch < epochs - 1
+                break
+    history.seconds = time.perf_counter() - start
+    flow.load_state_dict(best)
     return history
 
 
-def _progress(total: int, enabled: bool) -> object | None:
+class _Step:
+    """Gradient steps on one flow; counts the good ones."""
+
+    def __init__(
+        self,
+        flow: Flow,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+        clip_grad: float | None,
+    ):
+        self.flow, self.optimizer, self.scheduler = flow, optimizer, scheduler
+        self.clip_grad, self.done = clip_grad, 0
+
+    def epoch(
+        self, x: Tensor, c: Tensor | None, batches: list[Tensor], epoch: int
+    ) -> tuple[float, str | None]:
+        """One pass over ``batches`` of row indices: (sum of log-likelihoods, failure)."""
+        flow, total = self.flow, 0.0
+        flow.train()
+        try:
+            for step, idx in enumerate(batches):
+                loss = -flow(None if c is None else c[idx]).log_prob(x[idx]).mean()
+                if not torch.isfinite(loss):
+                    return total, f"the loss became {loss.item()} at epoch {epoch}, step {step}"
+                self.optimizer.zero_grad()
+                loss.backward()
+                if self.clip_grad is not None:
+                    norm = torch.nn.utils.clip_grad_norm_(flow.parameters(), self.clip_grad)
+                    if not torch.isfinite(norm):
+                        return total, (
+                            f"the gradient norm became {norm.item()} at epoch {epoch}, step {step}"
+                        )
+                self.optimizer.step()
+                if self.scheduler is not None:
+                    self.scheduler.step()
+                total -= loss.item() * len(idx)
+                self.done += 1
+        finally:
+            flow.eval()
+        if not all(p.isfinite().all() for p in flow.parameters()):
+            # A finite loss with a non-finite gradient (no clipping) poisons the weights.
+            return total, f"the weights became non-finite at epoch {epoch}, step {step}"
+        return total, None
+
+
+@contextlib.contextmanager
+def _unvalidated() -> Iterator[None]:
+    """Distributions built inside skip argument validation (the data were checked already)."""
+    previous = Distribution._validate_args
+    Distribution.set_default_validate_args(False)
+    try:
+        yield
+    finally:
+        Distribution.set_default_validate_args(previous)
+
+
+class _NoBar:
+    """Stands in for a progress bar when there is none to show."""
+
+    def set_postfix(self, postfix: dict) -> None:
+        pass
+
+    def update(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, enabled: bool) -> object:
     if not enabled or not sys.stderr.isatty():
-        return None
+        return _NoBar()
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc="fit", unit="epoch")

@@ -1,6 +1,11 @@
 r"""Flows: lazy transforms and distributions, MAF and IAF."""
 
 __all__ = [
+    "MaskEnsemble",
+    "MaskMixture",
+    "OrderAgnosticMAF",
+    "mask_orders",
+    "select_masks",
     "ActNorm",
     "AutoregressiveMoG",
     "BatchNorm",
@@ -24,6 +29,7 @@ __all__ = [
     "Unconditional",
 ]
 
+from .agnostic import MaskEnsemble, MaskMixture, OrderAgnosticMAF, mask_orders, select_masks
 from .autoregressive import IAF, MAF, MaskedAutoregressiveTransform
 from .bases import StandardNormal
 from .coupling import (

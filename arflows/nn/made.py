@@ -110,6 +110,17 @@ class MADE(nn.Module):
     dense path, and an integer :math:`B \ge 1` always takes the block path with about
     :math:`B` row blocks per layer. It is not part of the state dict.
 
+    With ``orders=K > 1`` the network holds :math:`K` mask sets, for order-agnostic training
+    (Germain et al., 2015, section 4): set 0 uses ``order``, the others random orders drawn with
+    ``generator``, each with its own hidden degrees. One set is active (:attr:`mask_index`):
+    :meth:`select` and :meth:`cycle` switch it, and everything that reads the degrees or masks
+    (the forward pass, its block plans, :meth:`connectivity`, the one-sweep inverse) uses the
+    active set. All sets and the active index are buffers, saved in the state dict and moved by
+    ``.to``. The network never switches by itself: a transform built for one minibatch calls it
+    several times (value, log-determinant, inverse passes), and all those calls must see the
+    same masks. :class:`~arflows.flows.OrderAgnosticMAF` switches once per flow call in
+    training mode and averages over the sets in evaluation mode.
+
     Args:
         features: The number of features :math:`D`.
         hidden_features: The hidden layer widths.
@@ -123,7 +134,9 @@ class MADE(nn.Module):
         activation: The activation class.
         residual: Whether hidden layers after the first are residual (equal widths needed).
         skip: Whether to add direct (masked) connections from the input to the outputs.
-        generator: The random generator for ``hidden_degrees="random"``.
+        generator: The random generator for ``hidden_degrees="random"`` and the orders of the
+            mask sets after the first.
+        orders: The number :math:`K` of mask sets (orders) held.
 
     Example:
         >>> made = MADE(5, hidden_features=(32, 32), param_dims=(1, 3))
@@ -144,6 +157,7 @@ class MADE(nn.Module):
         residual: bool = False,
         skip: bool = False,
         generator: torch.Generator | None = None,
+        orders: int = 1,
     ):
         super().__init__()
         if features < 1:
@@ -156,6 +170,8 @@ class MADE(nn.Module):
         param_dims = tuple(int(k) for k in param_dims)
         if not param_dims or min(param_dims) < 1:
             raise ValueError(f"expected `param_dims` entries >= 1, got {param_dims}")
+        if isinstance(orders, bool) or not isinstance(orders, int) or orders < 1:
+            raise ValueError(f"expected `orders` to be an int >= 1, got {orders!r}")
         if residual and len(set(hidden_features)) > 1:
             raise ValueError(
                 f"residual=True needs equal hidden widths, got hidden_features={hidden_features}"
@@ -166,14 +182,28 @@ class MADE(nn.Module):
         self.activation = activation()
         n_params = sum(param_dims)
 
-        in_deg = input_degrees(features, order)
-        degrees = _layer_degrees(
-            hidden_features, features, context > 0, hidden_degrees, residual, generator
-        )
+        self.orders, self._mask_index = orders, 0
+        sets = []  # (input degrees, hidden degrees) of each mask set; set 0 uses `order`
+        for k in range(orders):
+            ranks = order if k == 0 else torch.randperm(features, generator=generator)
+            sets.append(
+                (
+                    input_degrees(features, ranks),
+                    _layer_degrees(
+                        hidden_features, features, context > 0, hidden_degrees, residual, generator
+                    ),
+                )
+            )
+        in_deg, degrees = sets[0]
         out_deg = in_deg.repeat_interleave(n_params)  # feature-major: unit i * P + p
         self.register_buffer("input_degrees", in_deg)
         for k, deg in enumerate(degrees):
             self.register_buffer(f"degrees_{k}", deg)
+        if orders > 1:  # the active set above is a copy of one of these
+            self.register_buffer("input_degrees_sets", torch.stack([s[0] for s in sets]))
+            for j in range(len(hidden_features)):
+                self.register_buffer(f"degrees_{j}_sets", torch.stack([s[1][j] for s in sets]))
+            self.register_buffer("mask_sets_index", torch.tensor(0))
 
         layers = [MaskedLinear(mask(in_deg, degrees[0]))]
         for prev, deg in zip(degrees[:-1], degrees[1:], strict=True):
@@ -196,12 +226,71 @@ class MADE(nn.Module):
         if self.context_layer is not None and skip:
             with torch.no_grad():  # the context's direct path to the outputs starts at zero too
                 self.context_layer.weight[sum(hidden_features) :].zero_()
-        self._check_paths()
+        for k in range(orders):
+            self._activate_set(k)
+            self._check_paths()
+        self._activate_set(0)
         self.blocks: int | str | None = "auto"
-        # Block plans by (blocks, device), derived from the degree buffers; loading a state
-        # dict may replace those, so it clears them.
-        self._plans: dict[tuple[tuple[int, ...], torch.device], _BlockPlans] = {}
+        # Block plans by (mask set, blocks, device), derived from the degree buffers; loading
+        # a state dict may replace those, so it clears them.
+        self._plans: dict[tuple[int, tuple[int, ...], torch.device], _BlockPlans] = {}
         self.register_load_state_dict_post_hook(_clear_plans)
+        if orders > 1:
+            self.register_load_state_dict_post_hook(_restore_mask_set)
+
+    @property
+    def mask_index(self) -> int:
+        """The index of the active mask set, in :math:`0..K-1` (always 0 with one order)."""
+        return self._mask_index
+
+    @property
+    def all_orders(self) -> LongTensor:
+        """The rank of each feature in each mask set's order, with shape :math:`(K, D)`."""
+        if self.orders == 1:
+            return self.order[None]
+        return self.input_degrees_sets - 1
+
+    def select(self, index: int) -> None:
+        """Makes mask set ``index`` the active one (see the class description).
+
+        Args:
+            index: The mask set, in :math:`0..K-1`.
+        """
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < self.orders:
+            raise ValueError(
+                f"expected a mask set index in 0..{self.orders - 1} (orders={self.orders}), "
+                f"got {index!r}"
+            )
+        if index != self._mask_index:
+            self._activate_set(index)
+
+    def cycle(self) -> int:
+        """Makes the next mask set (cyclically) the active one, and returns its index."""
+        self.select((self._mask_index + 1) % self.orders)
+        return self._mask_index
+
+    def _activate_set(self, index: int) -> None:
+        # New tensors are assigned rather than written in place: autograd may still hold the
+        # previous masks for a backward pass through another set.
+        if self.orders == 1:
+            return
+        in_deg = self.input_degrees_sets[index].clone()
+        degrees = [
+            getattr(self, f"degrees_{j}_sets")[index].clone()
+            for j in range(len(self.hidden_features))
+        ]
+        self.input_degrees = in_deg
+        for j, deg in enumerate(degrees):
+            setattr(self, f"degrees_{j}", deg)
+        out_deg = in_deg.repeat_interleave(sum(self.param_dims))
+        sources = [in_deg, *degrees]
+        targets = [*degrees, out_deg]
+        for layer, a, b in zip(self.layers, sources, targets, strict=True):
+            _set_mask(layer, mask(a, b, strict=b is out_deg))
+        if self.skip_layer is not None:
+            _set_mask(self.skip_layer, mask(in_deg, out_deg, strict=True))
+        self.mask_sets_index.fill_(index)
+        self._mask_index = index
 
     @property
     def order(self) -> LongTensor:
@@ -326,7 +415,7 @@ class MADE(nn.Module):
         return (blocks,) * n_layers
 
     def _block_plans(self, blocks: tuple[int, ...], device: torch.device) -> _BlockPlans:
-        key = (blocks, device)
+        key = (self._mask_index, blocks, device)
         if key not in self._plans:
             self._plans[key] = _BlockPlans.build(self, blocks).to(device)
         return self._plans[key]
@@ -377,9 +466,12 @@ class MADE(nn.Module):
         return terms + [None] * (n_out - len(terms))
 
     def extra_repr(self) -> str:  # noqa: D102
+        orders = (
+            "" if self.orders == 1 else f", orders={self.orders}, mask_index={self.mask_index}"
+        )
         return (
             f"features={self.features}, context={self.context}, param_dims={self.param_dims}, "
-            f"residual={self.residual}, skip={self.skip}, order={self.order.tolist()}"
+            f"residual={self.residual}, skip={self.skip}, order={self.order.tolist()}{orders}"
         )
 
 
@@ -439,6 +531,17 @@ class _BlockPlans:
 
 def _clear_plans(module: nn.Module, incompatible_keys: object) -> None:
     module._plans.clear()
+
+
+def _restore_mask_set(module: MADE, incompatible_keys: object) -> None:
+    # The loaded active masks match the loaded index; rebuilding them from the loaded sets
+    # also keeps the Python-side index in step.
+    module._activate_set(int(module.mask_sets_index))
+
+
+def _set_mask(layer: MaskedLinear, new: BoolTensor) -> None:
+    layer.mask = new
+    layer._float_mask = new.to(layer.weight.dtype)
 
 
 def _layer_degrees(

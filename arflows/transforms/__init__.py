@@ -1,6 +1,8 @@
 r"""Transforms: bijections with log-determinants, built on ``torch.distributions``."""
 
 __all__ = [
+    "SupportTransform",
+    "support_bounds",
     "ActNormTransform",
     "BatchNormTransform",
     "LULinearTransform",
@@ -24,4 +26,5 @@ from .linear import LULinearTransform
 from .normalization import ActNormTransform, BatchNormTransform
 from .permutation import PermutationTransform
 from .spline import MonotonicRQSTransform
+from .support import SupportTransform, support_bounds
 from .univariate import MonotonicAffineTransform
