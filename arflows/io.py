@@ -250,8 +250,11 @@ def save(
         key: value.detach().to("cpu", copy=True).contiguous()
         for key, value in flow.state_dict().items()
     }
+    # Buffers may hold infinities on purpose (unbounded support); NaN is never valid.
+    parameters = {name for name, _ in flow.named_parameters()}
     for key, value in state.items():
-        if value.is_floating_point() and not bool(value.isfinite().all()):
+        ok = value.isfinite() if key in parameters else ~value.isnan()
+        if value.is_floating_point() and not bool(ok.all()):
             raise ValueError(f"cannot save the flow: its tensor {key!r} holds NaN or infinity")
 
     target = Path(directory)

@@ -211,6 +211,7 @@ class MAF(Flow):
         batch_norm: bool = False,
         actnorm: bool = False,
         linear: str | None = None,
+        support: Sequence | None = None,
         **kwargs,
     ):
         if transforms < 1:
@@ -244,7 +245,7 @@ class MAF(Flow):
             made_kwargs = {k: v for k, v in kwargs.items() if k not in _TRANSFORM_ONLY}
             made_kwargs.update(order=next(orders), generator=generator)
             lazy_base = MADEMoG(features, context, components, hidden_features, **made_kwargs)
-        super().__init__(layers, lazy_base, embedding=embedding)
+        super().__init__(layers, lazy_base, embedding=embedding, support=support)
 
 
 class IAF(MAF):

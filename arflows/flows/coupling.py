@@ -233,6 +233,7 @@ class RealNVP(Flow):
         randperm: bool = False,
         generator: torch.Generator | None = None,
         embedding: nn.Module | None = None,
+        support: Sequence | None = None,
         **kwargs,
     ):
         layers = coupling_layers(
@@ -246,7 +247,7 @@ class RealNVP(Flow):
             hidden_features=hidden_features,
             **kwargs,
         )
-        super().__init__(layers, StandardNormal(features), embedding=embedding)
+        super().__init__(layers, StandardNormal(features), embedding=embedding, support=support)
 
 
 def _diagonal_scale(log_scale: Tensor) -> Transform:

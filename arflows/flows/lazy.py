@@ -23,7 +23,7 @@ import torch
 from torch import Size, Tensor, nn
 from torch.distributions import Distribution
 
-from ..transforms import ComposedTransform, Transform
+from ..transforms import ComposedTransform, SupportTransform, Transform, support_bounds
 from .standardize import Standardization
 
 
@@ -194,6 +194,10 @@ class Flow(LazyDistribution):
         base: The lazy base distribution.
         embedding: A module applied to the context once per call; the transforms then see
             its output, so their ``context`` size is the embedding's output size.
+        support: The support of each data column, mapped to the real line first (see
+            :class:`~arflows.transforms.SupportTransform`): a list of length :math:`D` of
+            ``None`` (unbounded), ``(a, b)``, ``(a, None)`` or ``(None, b)``. Points outside
+            get log-density :math:`-\infty`; samples lie inside.
 
     The constructor arguments of every subclass are recorded in :attr:`config` (the call as
     written), so :func:`arflows.save` can rebuild the flow without pickling code.
@@ -211,12 +215,16 @@ class Flow(LazyDistribution):
         base: LazyDistribution,
         *,
         embedding: nn.Module | None = None,
+        support: Sequence | None = None,
     ):
         super().__init__()
         self.transforms = nn.ModuleList(transforms)
         self.base = base
         self.embedding = embedding
         self.support: LazyTransform | None = None
+        if support is not None:
+            lower, upper = support_bounds(support, len(support))
+            self.support = Unconditional(SupportTransform, lower, upper)
         self.standardization = Standardization()
         self.context_standardization = Standardization()
 

@@ -262,9 +262,10 @@ class MADEMoGFlow(Flow):
         hidden_features: Sequence[int] = (64, 64),
         *,
         embedding: nn.Module | None = None,
+        support: Sequence | None = None,
         **kwargs,
     ):
         base = MADEMoG(features, context, components, hidden_features, **kwargs)
         # Flow composes at least one transform: the identity permutation costs one gather.
         identity = Unconditional(PermutationTransform, torch.arange(features))
-        super().__init__([identity], base, embedding=embedding)
+        super().__init__([identity], base, embedding=embedding, support=support)

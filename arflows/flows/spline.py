@@ -74,7 +74,8 @@ class NSF(MAF):
             return
         # Coupling skips MAF's constructor (MADE layers) and builds the flow directly.
         embedding = kwargs.pop("embedding", None)
+        support = kwargs.pop("support", None)
         layers = coupling_layers(
             features, context, transforms, hidden_features=hidden_features, **spline, **kwargs
         )
-        Flow.__init__(self, layers, StandardNormal(features), embedding=embedding)
+        Flow.__init__(self, layers, StandardNormal(features), embedding=embedding, support=support)
