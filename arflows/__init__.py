@@ -11,6 +11,7 @@ __all__ = [
     "IAF",
     "MAF",
     "MADEMoGFlow",
+    "NAF",
     "NICE",
     "NSF",
     "OrderAgnosticMAF",
@@ -26,7 +27,7 @@ __all__ = [
 
 __version__ = "0.1.0"
 
-from .flows import IAF, MAF, NICE, NSF, Flow, MADEMoGFlow, OrderAgnosticMAF, RealNVP
+from .flows import IAF, MAF, NAF, NICE, NSF, Flow, MADEMoGFlow, OrderAgnosticMAF, RealNVP
 from .io import load, save
 from .train import History, fit
 from .transforms import check_autoregressive

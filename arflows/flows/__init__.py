@@ -1,6 +1,7 @@
 r"""Flows: lazy transforms and distributions, MAF and IAF."""
 
 __all__ = [
+    "NAF",
     "MaskEnsemble",
     "MaskMixture",
     "OrderAgnosticMAF",
@@ -48,5 +49,6 @@ from .lazy import (
 )
 from .linear import LULinear
 from .mixture import AutoregressiveMoG, MADEMoG, MADEMoGFlow
+from .neural import NAF
 from .normalization import ActNorm, BatchNorm
 from .spline import NSF

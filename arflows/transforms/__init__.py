@@ -1,6 +1,9 @@
 r"""Transforms: bijections with log-determinants, built on ``torch.distributions``."""
 
 __all__ = [
+    "MonotonicSigmoidalTransform",
+    "RootResult",
+    "monotone_root",
     "SupportTransform",
     "support_bounds",
     "ActNormTransform",
@@ -25,6 +28,8 @@ from .coupling import CouplingTransform
 from .linear import LULinearTransform
 from .normalization import ActNormTransform, BatchNormTransform
 from .permutation import PermutationTransform
+from .roots import RootResult, monotone_root
+from .sigmoidal import MonotonicSigmoidalTransform
 from .spline import MonotonicRQSTransform
 from .support import SupportTransform, support_bounds
 from .univariate import MonotonicAffineTransform
