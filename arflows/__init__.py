@@ -21,13 +21,16 @@ __all__ = [
     "__version__",
     "check_autoregressive",
     "fit",
+    "fit_vi",
     "load",
     "save",
 ]
 
 __version__ = "0.1.0"
 
+from . import targets, vi  # noqa: F401 (arflows.vi, arflows.targets after `import arflows`)
 from .flows import IAF, MAF, NAF, NICE, NSF, Flow, MADEMoGFlow, OrderAgnosticMAF, RealNVP
 from .io import load, save
 from .train import History, fit
 from .transforms import check_autoregressive
+from .vi import fit_vi
