@@ -14,7 +14,7 @@ from torch import LongTensor, Tensor, nn
 from ..nn import MADE, made_sweep
 from ..transforms import AutoregressiveTransform, MonotonicAffineTransform, Transform
 from .bases import StandardNormal
-from .lazy import Flow, LazyInverse, LazyTransform
+from .lazy import Flow, LazyInverse, LazyTransform, check_sizes
 from .linear import LULinear
 from .mixture import MADEMoG
 from .normalization import ActNorm, BatchNorm
@@ -214,6 +214,7 @@ class MAF(Flow):
         support: Sequence | None = None,
         **kwargs,
     ):
+        check_sizes(features, context)
         if transforms < 1:
             raise ValueError(f"expected `transforms >= 1`, got {transforms}")
         if base not in _BASES:

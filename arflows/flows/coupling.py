@@ -21,7 +21,7 @@ from ..nn.made import split_params
 from ..transforms import CouplingTransform, MonotonicAffineTransform, Transform
 from ..transforms.coupling import check_coupling_mask
 from .bases import StandardNormal
-from .lazy import Flow, LazyTransform, Unconditional
+from .lazy import Flow, LazyTransform, Unconditional, check_sizes
 
 
 class MaskedCouplingTransform(LazyTransform):
@@ -173,8 +173,7 @@ def coupling_layers(
     """
     if transforms < 1:
         raise ValueError(f"expected `transforms >= 1`, got {transforms}")
-    if features < 1:
-        raise ValueError(f"expected `features >= 1`, got {features}")
+    check_sizes(features, context)
     return [
         MaskedCouplingTransform(features, context, mask=mask, **kwargs)
         for mask in _masks(features, transforms, randperm, generator)

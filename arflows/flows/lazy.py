@@ -27,6 +27,15 @@ from ..transforms import ComposedTransform, SupportTransform, Transform, support
 from .standardize import Standardization
 
 
+def check_sizes(features: object, context: object) -> None:
+    """Refuses feature and context sizes that are not integers, or below 1 and 0."""
+    for name, value, low in (("features", features, 1), ("context", context, 0)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"expected `{name}` to be an int, got {type(value).__name__}")
+        if value < low:
+            raise ValueError(f"expected `{name} >= {low}`, got {value}")
+
+
 class LazyTransform(nn.Module, abc.ABC):
     r"""A module that returns a transform :math:`f(\cdot\,; c)` when called with a context."""
 
@@ -136,6 +145,10 @@ class NormalizingFlow(Distribution):
             The log-densities, with shape :math:`(*)`.
         """
         self._check(x)
+        n = len(self.event_shape)
+        batch = torch.broadcast_shapes(x.shape[: x.dim() - n], self.batch_shape)
+        if batch.numel() == 0:  # torch's reductions refuse some empty reshapes
+            return x.new_zeros(batch)
         z, ladj = self.transform.call_and_ladj(x)
         return self.base.log_prob(z) + self._ladj(ladj)
 

@@ -52,6 +52,9 @@ class DenseNN(nn.Module):
             )
         if in_features + context == 0:
             raise ValueError("expected `in_features + context >= 1`, got 0")
+        hidden_features = tuple(int(h) for h in hidden_features)
+        if any(h < 1 for h in hidden_features):
+            raise ValueError(f"expected hidden widths >= 1, got hidden_features={hidden_features}")
         self.in_features, self.out_features, self.context = in_features, out_features, context
         self.param_dims = None if param_dims is None else tuple(int(k) for k in param_dims)
         n_out = out_features * (1 if self.param_dims is None else sum(self.param_dims))
