@@ -18,6 +18,7 @@ import inspect
 import json
 import math
 import shlex
+import shutil
 import sys
 import textwrap
 import time
@@ -33,7 +34,7 @@ from .data import write_table as _write_table
 from .dequantize import dequantize, discrete_log_prob
 from .diagnostics import gaussianize, gaussianized_figure, joint_normality, normality, qq_figure
 from .flows import MAF, Flow
-from .io import ModelError, load, save
+from .io import ModelError, _is_model_dir, _replace_dir, load, save
 from .train import fit
 
 _CHUNK = 8192
@@ -194,7 +195,20 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         default=Path("model"),
         metavar="MODEL_DIR",
-        help="the model directory to write (model)",
+        help="the model directory to write (model); checkpoints go to MODEL_DIR.partial/ "
+        "until it is written",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the fit from MODEL_DIR.partial/checkpoint.safetensors (same command "
+        "otherwise); starts afresh without one",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=_positive_int,
+        metavar="N",
+        help="write the checkpoint every N steps (default: after each epoch)",
     )
 
     p = _command(
@@ -515,6 +529,21 @@ def _fit(args: argparse.Namespace) -> int:
     )
     print(f"split: {len(train)} train, {len(valid)} valid, {len(test)} test rows")
     print(f"flow: {type(flow).__name__} {flow.config['arguments']}")
+    target = Path(args.output)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        if not _is_model_dir(target):
+            raise ValueError(
+                f"cannot write the model to {target}: it exists and is not an arflows model "
+                "directory; choose another -o"
+            )
+    partial = target.with_name(target.name + ".partial")
+    checkpoint = partial / "checkpoint.safetensors"
+    if args.resume:
+        print(
+            f"resuming from {checkpoint}"
+            if checkpoint.is_file()
+            else f"no checkpoint at {checkpoint}: starting afresh"
+        )
     options: dict = {}
     if cols:
         options["dequantize"] = cols
@@ -531,6 +560,9 @@ def _fit(args: argparse.Namespace) -> int:
         patience=args.patience,
         seed=args.seed,
         progress=not args.no_progress,
+        checkpoint=checkpoint,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
         **options,
     )
     stopped = getattr(history, "stopped_nonfinite", None)
@@ -561,16 +593,19 @@ def _fit(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "command": command,
     }
-    out = save(
+    # The whole directory (model and report) is built in MODEL_DIR.partial/ and renamed into
+    # place, so MODEL_DIR is never half-written, even when the process is killed.
+    staged = save(
         flow.cpu(),
-        args.output,
+        partial / "model",
         columns=table.columns,
         context_columns=table.context_columns or None,
         metadata=_finite(metadata),
     )
-    out = Path(out)
-    _write_report(out, command, flow, history, metadata)
-    print(f"model: {out}")
+    _write_report(Path(staged), command, flow, history, metadata)
+    _replace_dir(Path(staged), target)
+    shutil.rmtree(partial, ignore_errors=True)
+    print(f"model: {target}")
     return 0
 
 

@@ -17,16 +17,19 @@ import copy
 import math
 import numbers
 import operator
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
+from .checkpoint import read_checkpoint, write_checkpoint
 from .dequantize import dequantize as uniform_dequantize
 from .flows import Flow
 
@@ -226,6 +229,9 @@ def fit(
     seed: int | None = 0,
     progress: bool = True,
     callbacks: Sequence[Callback] = (),
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
 ) -> History:
     r"""Fits a flow by maximum likelihood with AdamW; keeps the best validation weights.
 
@@ -274,6 +280,15 @@ def fit(
         callbacks: Functions ``callback(epoch, history, flow)`` called after each epoch
             (with the epoch's weights, before early stopping is checked); one returning
             ``True`` stops training.
+        checkpoint: A file to write the whole training state to (weights, optimizer and
+            scheduler states, epoch and step, history, best weights and score, RNG states),
+            atomically (:func:`arflows.checkpoint.write_checkpoint`); ``None``: none.
+        checkpoint_every: Write the checkpoint every this many gradient steps (and at the
+            end of the fit); ``None``: after every epoch.
+        resume: Continue from ``checkpoint`` if the file exists (start afresh otherwise).
+            The data and options must be those of the interrupted fit; the checkpoint's seed
+            is used. On CPU the resumed fit ends with the same weights and history, bit for
+            bit, as an uninterrupted one (callbacks are not re-run for finished epochs).
 
     Returns:
         The :class:`History` of the fit.
@@ -296,8 +311,21 @@ def fit(
     c = None
     if context is not None:
         c = _as_data("context", context, param.dtype, rows=len(x)).to(param.device)
+    if checkpoint_every is not None and (
+        not isinstance(checkpoint_every, numbers.Integral) or checkpoint_every < 1
+    ):
+        raise ValueError(
+            f"expected an integer `checkpoint_every >= 1` or None, got {checkpoint_every!r}"
+        )
+    if resume and checkpoint is None:
+        raise ValueError("`resume=True` needs a `checkpoint` file to resume from, got None")
+    saved = read_checkpoint(checkpoint) if resume and Path(checkpoint).is_file() else None
+    if saved is not None:
+        seed = saved["seed"]
+    elif seed is None:
+        seed = int(torch.randint(2**62, ()).item())
     generator = torch.Generator()
-    generator.manual_seed(seed if seed is not None else int(torch.randint(2**62, ()).item()))
+    generator.manual_seed(seed)
     noisy = _Dequantizer(_columns(dequantize, x.shape[1]), x.device, generator)
     (x_tr, c_tr), held = _held_out(valid, x, c, generator)
     if held is not None:
@@ -325,14 +353,81 @@ def fit(
         )
     history, bar = History(), _progress(epochs, progress)
     stepper = _Step(flow, optimizer, scheduler if schedule == "cosine" else None, clip_grad)
+    # What must match for a checkpoint to continue this fit.
+    options = {
+        "rows": len(x_tr),
+        "features": x.shape[1],
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "schedule": schedule,
+        "valid": held is not None,
+    }
+    first, first_step, first_total, finished, seconds = 0, 0, 0.0, False, 0.0
+    if saved is not None:
+        if saved["options"] != options:
+            raise ValueError(
+                f"cannot resume from {checkpoint}: it was written by a fit with {saved['options']}"
+                f", this one has {options}"
+            )
+        flow.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(saved["scheduler"])
+        best, best_score = saved["best"], saved["best_score"]
+        for name, value in saved["history"].items():
+            setattr(history, name, value)
+        first, first_step, first_total = saved["epoch"], saved["step"], saved["total"]
+        finished, seconds, stepper.done = saved["finished"], saved["seconds"], saved["done"]
+        # The RNG states at the start of epoch `first`: its noise and order are redrawn.
+        generator.set_state(saved["generator"])
+        noisy.generator.set_state(saved["noise_generator"].to(noisy.generator.device))
+
+    def save(epoch: int, step: int, total: float, rng: tuple[Tensor, Tensor], done: bool) -> None:
+        write_checkpoint(
+            checkpoint,
+            {
+                "options": options,
+                "seed": seed,
+                "model": flow.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": None if scheduler is None else scheduler.state_dict(),
+                "best": best,
+                "best_score": best_score,
+                "history": vars(history),
+                "epoch": epoch,
+                "step": step,
+                "total": total,
+                "done": stepper.done,
+                "finished": done,
+                "seconds": seconds + time.perf_counter() - start,
+                "generator": rng[0],
+                "noise_generator": rng[1],
+            },
+        )
+
     # NaN weights must reach the checks as a NaN loss, not as torch's support error.
     with _unvalidated(), contextlib.closing(bar):
-        for epoch in range(epochs):
-            history.lr.append(optimizer.param_groups[0]["lr"])
+        bar.update(first)
+        for epoch in range(first, 0 if finished else epochs):
+            rng = (generator.get_state(), noisy.generator.get_state())
+            if epoch > first or first_step == 0:
+                history.lr.append(optimizer.param_groups[0]["lr"])
             x_epoch = noisy(x_tr)
             order = torch.randperm(len(x_tr), generator=generator).to(x_tr.device)
             batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-            total, failure = stepper.epoch(x_epoch, c_tr, batches, epoch)
+            after_step = None
+            if checkpoint is not None and checkpoint_every is not None:
+
+                def after_step(
+                    step: int, total: float, epoch: int = epoch, rng: tuple = rng
+                ) -> None:
+                    if stepper.done % checkpoint_every == 0:
+                        save(epoch, step + 1, total, rng, False)
+
+            start_step, start_total = (first_step, first_total) if epoch == first else (0, 0.0)
+            total, failure = stepper.epoch(
+                x_epoch, c_tr, batches, epoch, start_step, start_total, after_step
+            )
             if failure is not None:
                 flow.load_state_dict(best)
                 if stepper.done == 0:
@@ -361,8 +456,17 @@ def fit(
             waited = epoch - history.best_epoch
             if any(stop) or (held is not None and patience is not None and waited >= patience):
                 history.stopped_early = epoch < epochs - 1
+                finished = True
+            if checkpoint is not None and (checkpoint_every is None or finished):
+                rng = (generator.get_state(), noisy.generator.get_state())
+                save(epoch + 1, 0, 0.0, rng, finished or epoch + 1 == epochs)
+            if finished:
                 break
-    history.seconds = time.perf_counter() - start
+        else:
+            if checkpoint is not None and checkpoint_every is not None and not finished:
+                rng = (generator.get_state(), noisy.generator.get_state())
+                save(epochs, 0, 0.0, rng, True)
+    history.seconds = seconds + time.perf_counter() - start
     flow.load_state_dict(best)
     return history
 
@@ -381,13 +485,25 @@ class _Step:
         self.clip_grad, self.done = clip_grad, 0
 
     def epoch(
-        self, x: Tensor, c: Tensor | None, batches: list[Tensor], epoch: int
+        self,
+        x: Tensor,
+        c: Tensor | None,
+        batches: list[Tensor],
+        epoch: int,
+        start: int = 0,
+        total: float = 0.0,
+        after_step: Callable[[int, float], None] | None = None,
     ) -> tuple[float, str | None]:
-        """One pass over ``batches`` of row indices: (sum of log-likelihoods, failure)."""
-        flow, total = self.flow, 0.0
+        """A pass over ``batches[start:]`` of row indices: (sum of log-likelihoods, failure).
+
+        ``total`` is the sum so far (of the batches before ``start``); ``after_step(step,
+        total)`` is called after each good step.
+        """
+        flow = self.flow
         flow.train()
+        step = start
         try:
-            for step, idx in enumerate(batches):
+            for step, idx in enumerate(batches[start:], start):
                 loss = -flow(None if c is None else c[idx]).log_prob(x[idx]).mean()
                 if not torch.isfinite(loss):
                     return total, f"the loss became {loss.item()} at epoch {epoch}, step {step}"
@@ -404,6 +520,8 @@ class _Step:
                     self.scheduler.step()
                 total -= loss.item() * len(idx)
                 self.done += 1
+                if after_step is not None:
+                    after_step(step, total)
         finally:
             flow.eval()
         if not all(p.isfinite().all() for p in flow.parameters()):
@@ -429,7 +547,7 @@ class _NoBar:
     def set_postfix(self, postfix: dict) -> None:
         pass
 
-    def update(self) -> None:
+    def update(self, n: int = 1) -> None:
         pass
 
     def close(self) -> None:

@@ -214,7 +214,7 @@ class MAF(Flow):
         support: Sequence | None = None,
         **kwargs,
     ):
-        check_sizes(features, context)
+        check_sizes(features, context, hidden_features)
         if transforms < 1:
             raise ValueError(f"expected `transforms >= 1`, got {transforms}")
         if base not in _BASES:

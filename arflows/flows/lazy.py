@@ -17,6 +17,7 @@ __all__ = [
 
 import abc
 import inspect
+import numbers
 from collections.abc import Callable, Sequence
 
 import torch
@@ -27,8 +28,14 @@ from ..transforms import ComposedTransform, SupportTransform, Transform, support
 from .standardize import Standardization
 
 
-def check_sizes(features: object, context: object) -> None:
+def check_sizes(features: object, context: object, hidden_features: object = ()) -> None:
     """Refuses feature and context sizes that are not integers, or below 1 and 0."""
+    if not isinstance(hidden_features, Sequence) or not all(
+        isinstance(h, numbers.Integral) and not isinstance(h, bool) for h in hidden_features
+    ):
+        raise TypeError(
+            f"expected `hidden_features` to be a sequence of ints, got {hidden_features!r}"
+        )
     for name, value, low in (("features", features, 1), ("context", context, 0)):
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"expected `{name}` to be an int, got {type(value).__name__}")

@@ -66,6 +66,8 @@ class NSF(MAF):
         coupling: bool = False,
         **kwargs,
     ):
+        if not bound > 0:
+            raise ValueError(f"expected `bound > 0`, got {bound}")
         spline = dict(
             univariate=MonotonicRQSTransform, univariate_kwargs=dict(bins=bins, bound=bound)
         )

@@ -107,6 +107,11 @@ class SupportTransform(Transform):
 
     def _parts(self, like: Tensor) -> tuple[Tensor, ...]:
         """Bounds in ``like``'s dtype, the column kinds, and finite stand-ins for the bounds."""
+        if like.shape[-1:] != self.lower.shape[-1:]:  # a silent broadcast would be wrong
+            raise ValueError(
+                f"expected data with {self.lower.shape[-1]} columns (one support entry each), "
+                f"got shape {tuple(like.shape)}"
+            )
         lower, upper = self.lower.to(like), self.upper.to(like)
         fa, fb = torch.isfinite(lower), torch.isfinite(upper)
         both, low, up = fa & fb, fa & ~fb, ~fa & fb
