@@ -131,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
         "--flow",
         default="maf",
         metavar="NAME",
-        help=f"the flow family: {', '.join(sorted(_flow_classes()))} (maf)",
+        help=f"the flow family: {', '.join(sorted(_flows.flow_classes()))} (maf)",
     )
     p.add_argument(
         "--transforms", type=_positive_int, default=5, metavar="K", help="flow layers (5)"
@@ -322,17 +322,8 @@ def _parser() -> argparse.ArgumentParser:
 # --- helpers ---------------------------------------------------------------------------
 
 
-def _flow_classes() -> dict[str, type[Flow]]:
-    # Looked up by name so that flow families added to arflows.flows appear here unchanged.
-    return {
-        key.lower(): value
-        for key, value in vars(_flows).items()
-        if isinstance(value, type) and issubclass(value, Flow) and value is not Flow
-    }
-
-
 def _flow_class(name: str) -> type[Flow]:
-    found = _flow_classes()
+    found = _flows.flow_classes()
     cls = found.get(name.lower())
     if cls is None:
         raise ValueError(f"unknown --flow {name!r}; available: {', '.join(sorted(found))}")

@@ -50,15 +50,6 @@ def _validate(estimator: BaseEstimator, X: object, reset: bool) -> np.ndarray:
     return validate_data(estimator, X, reset=reset, **options)
 
 
-def _flow_classes() -> dict[str, type[Flow]]:
-    """The flow classes of :mod:`arflows.flows`, by lower-case name."""
-    return {
-        name.lower(): obj
-        for name, obj in vars(_flows).items()
-        if isinstance(obj, type) and issubclass(obj, Flow) and obj is not Flow
-    }
-
-
 def _accepts(cls: type, name: str) -> bool:
     """Whether ``cls(...)`` takes the keyword ``name``, following ``**kwargs`` up to Flow."""
     for klass in cls.__mro__:
@@ -156,7 +147,7 @@ class FlowDensity(DensityMixin, BaseEstimator):
     def _build(self, features: int) -> Flow:
         if not isinstance(self.flow, str):
             raise TypeError(f"expected `flow` to be a flow name, got {self.flow!r}")
-        classes = _flow_classes()
+        classes = _flows.flow_classes()
         cls = classes.get(self.flow.lower())
         if cls is None:
             raise ValueError(

@@ -1,6 +1,7 @@
 r"""Flows: lazy transforms and distributions, MAF and IAF."""
 
 __all__ = [
+    "flow_classes",
     "NAF",
     "MaskEnsemble",
     "MaskMixture",
@@ -52,3 +53,16 @@ from .mixture import AutoregressiveMoG, MADEMoG, MADEMoGFlow
 from .neural import NAF
 from .normalization import ActNorm, BatchNorm
 from .spline import NSF
+
+
+def flow_classes() -> dict[str, type[Flow]]:
+    """The flow classes of :mod:`arflows.flows` by lower-case name (``"maf"``, ``"nsf"``, ...).
+
+    Looked up in this namespace, so a flow family added here reaches the command line and the
+    scikit-learn estimator unchanged.
+    """
+    return {
+        name.lower(): obj
+        for name, obj in globals().items()
+        if isinstance(obj, type) and issubclass(obj, Flow) and obj is not Flow
+    }
