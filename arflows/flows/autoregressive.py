@@ -22,6 +22,28 @@ from .normalization import ActNorm, BatchNorm
 _INVERSES = ("sweep", "passes")
 
 
+def univariate_map(
+    univariate: type[Transform],
+    kwargs: dict,
+    shapes: Sequence[torch.Size],
+    params: Sequence[Tensor],
+) -> Transform:
+    r"""A univariate map from a conditioner's flat outputs.
+
+    Args:
+        univariate: The monotone scalar map class.
+        kwargs: Its keyword arguments.
+        shapes: Its ``param_shapes(**kwargs)``: the shape of each parameter per feature.
+        params: One tensor per shape, :math:`(*, F)` for scalars or :math:`(*, F, k)` with
+            :math:`k` the product of the shape; reshaped to :math:`(*, F, *shape)`.
+    """
+    params = [
+        p.reshape(*p.shape[: p.dim() - (math.prod(s) > 1)], *s)
+        for p, s in zip(params, shapes, strict=True)
+    ]
+    return univariate(*params, **kwargs)
+
+
 class MaskedAutoregressiveTransform(LazyTransform):
     r"""Lazy autoregressive transform :math:`y_i = h(x_i; \theta_i(x_{<i}, c))` with a MADE.
 
@@ -89,11 +111,7 @@ class MaskedAutoregressiveTransform(LazyTransform):
 
     def _transformer(self, params: tuple[Tensor, ...]) -> Transform:
         """The univariate map from MADE outputs with shapes (*, F) or (*, F, k)."""
-        params = [
-            p.reshape(*p.shape[: p.dim() - (k > 1)], *s)  # (*, F, *shape)
-            for p, k, s in zip(params, self.made.param_dims, self.shapes, strict=True)
-        ]
-        return self.univariate(*params, **self.univariate_kwargs)
+        return univariate_map(self.univariate, self.univariate_kwargs, self.shapes, params)
 
     def solve(self, i: int, params: tuple[Tensor, ...], y_i: Tensor) -> Tensor:
         r"""Inverts feature ``i``'s scalar map, :math:`x_i = h^{-1}(y_i; \theta_i)`.

@@ -20,6 +20,7 @@ from ..nn import DenseNN
 from ..nn.made import split_params
 from ..transforms import CouplingTransform, MonotonicAffineTransform, Transform
 from ..transforms.coupling import check_coupling_mask
+from .autoregressive import univariate_map
 from .bases import StandardNormal
 from .lazy import Flow, LazyTransform, Unconditional, check_sizes
 
@@ -106,11 +107,7 @@ class MaskedCouplingTransform(LazyTransform):
             if c is not None:
                 raise ValueError("this layer has no context (context=0) but a context was given")
             params = split_params(self.constant, self.param_dims)  # (|B|,) or (|B|, k) each
-        params = [
-            p.reshape(*p.shape[: p.dim() - (k > 1)], *s)  # (*, |B|, *shape)
-            for p, k, s in zip(params, self.param_dims, self.shapes, strict=True)
-        ]
-        return self.univariate(*params, **self.univariate_kwargs)
+        return univariate_map(self.univariate, self.univariate_kwargs, self.shapes, params)
 
     def forward(self, c: Tensor | None = None) -> CouplingTransform:  # noqa: D102
         return CouplingTransform(partial(self.meta, c=c), self.mask)
