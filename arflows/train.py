@@ -14,6 +14,7 @@ __all__ = ["History", "fit"]
 
 import contextlib
 import copy
+import itertools
 import math
 import numbers
 import operator
@@ -26,16 +27,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
+import torch.distributed as dist
+from torch import Tensor, nn
 from torch.distributions import Distribution
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import read_checkpoint, write_checkpoint
 from .dequantize import dequantize as uniform_dequantize
-from .flows import Flow
+from .distributed import World, current_world
+from .flows import Flow, Moments
+from .parquet import ParquetStream
+from .rows import Rows, TensorRows, as_rows, as_tensor, is_fraction
 
 Callback = Callable[[int, "History", Flow], "bool | None"]
 _SCHEDULES = ("cosine", "plateau", None)
-_NUMBER_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
 @dataclass
@@ -69,77 +75,6 @@ class History:
     seconds: float = 0.0
 
 
-def _as_data(
-    name: str, x: object, dtype: torch.dtype, rows: int | None = None, columns: int | None = None
-) -> Tensor:
-    """``x`` as a finite ``(rows, columns)`` tensor of ``dtype``; integers become floats."""
-    if not isinstance(x, Tensor):
-        if isinstance(x, str | bytes):
-            raise TypeError(f"expected `{name}` to hold numbers, got a {type(x).__name__}")
-        try:
-            array = np.asarray(x)
-        except ValueError as error:
-            raise ValueError(f"expected `{name}` with shape (rows, columns): {error}") from None
-        if array.dtype.kind not in "biuf":
-            raise TypeError(
-                f"expected `{name}` to hold numbers, got a {type(x).__name__} of dtype "
-                f"{array.dtype}"
-            )
-        # A copy: the caller's array may be read-only (a memory map) or change later.
-        x = torch.tensor(array)
-    elif x.is_complex() or not (x.is_floating_point() or x.dtype in _NUMBER_DTYPES):
-        raise TypeError(f"expected `{name}` to hold real numbers, got dtype {x.dtype}")
-    if x.dim() != 2:
-        raise ValueError(f"expected `{name}` with shape (rows, columns), got {tuple(x.shape)}")
-    if rows is not None and x.shape[0] != rows:
-        raise ValueError(f"expected `{name}` with {rows} rows (as x), got {x.shape[0]}")
-    if columns is not None and x.shape[1] != columns:
-        raise ValueError(f"expected `{name}` with {columns} columns, got {x.shape[1]}")
-    x = x.to(dtype)
-    bad = ~torch.isfinite(x)
-    if bad.any():
-        row, col = (int(i) for i in bad.nonzero()[0])
-        raise ValueError(f"`{name}` holds NaN or inf ({dtype}), first at row {row}, column {col}")
-    return x
-
-
-def _held_out(
-    valid: object, x: Tensor, c: Tensor | None, generator: torch.Generator
-) -> tuple[tuple[Tensor, Tensor | None], tuple[Tensor, Tensor | None] | None]:
-    """The training rows and the validation rows (``None`` without validation)."""
-    if isinstance(valid, numbers.Real) and not isinstance(valid, bool):
-        if valid == 0:
-            return (x, c), None
-        if not 0 < valid < 1:
-            raise ValueError(f"expected a validation fraction `valid` in [0, 1), got {valid}")
-        n_valid = max(1, round(valid * len(x)))
-        if n_valid >= len(x):
-            raise ValueError(f"too few rows ({len(x)}) to hold out a validation fraction {valid}")
-        perm = torch.randperm(len(x), generator=generator).to(x.device)
-        tr, va = perm[n_valid:], perm[:n_valid]
-        return (x[tr], None if c is None else c[tr]), (x[va], None if c is None else c[va])
-    if valid is None:
-        return (x, c), None
-    if isinstance(valid, bool):
-        raise TypeError("expected `valid` to be a fraction, rows, (rows, contexts) or None")
-    if isinstance(valid, tuple):
-        if len(valid) != 2:
-            raise ValueError(f"expected `valid=(x_valid, c_valid)`, got a {len(valid)}-tuple")
-        x_va, c_va = valid
-    else:
-        x_va, c_va = valid, None
-    x_va = _as_data("valid", x_va, x.dtype, columns=x.shape[1])
-    if (c is None) != (c_va is None):
-        raise ValueError(
-            "expected `valid=(x_valid, c_valid)` with contexts exactly when `context` is given"
-        )
-    if c is not None:
-        c_va = _as_data("valid context", c_va, x.dtype, rows=len(x_va), columns=c.shape[1])
-    if len(x_va) < 1:
-        raise ValueError("expected at least 1 validation row, got 0")
-    return (x, c), (x_va.to(x.device), None if c_va is None else c_va.to(x.device))
-
-
 def _columns(dequantize: Sequence[int] | None, features: int) -> list[int]:
     """The distinct non-negative column indices to dequantise."""
     if dequantize is None:
@@ -163,11 +98,11 @@ def _columns(dequantize: Sequence[int] | None, features: int) -> list[int]:
 class _Dequantizer:
     """Adds fresh :math:`U[0, 1)` noise to ``columns`` on each call (nothing without columns)."""
 
-    def __init__(self, columns: list[int], device: torch.device, generator: torch.Generator):
+    def __init__(self, columns: list[int], device: torch.device, seed: int):
         self.columns = columns
-        # The noise is drawn where the data live, from a generator seeded by the main one.
+        # The noise is drawn where the data live.
         self.generator = torch.Generator(device=device)
-        self.generator.manual_seed(int(torch.randint(2**62, (), generator=generator)))
+        self.generator.manual_seed(seed % 2**63)
 
     def __call__(self, x: Tensor) -> Tensor:
         if not self.columns:
@@ -176,12 +111,33 @@ class _Dequantizer:
 
 
 @torch.no_grad()
-def _average_log_prob(flow: Flow, x: Tensor, c: Tensor | None, batch_size: int = 8192) -> float:
-    total = 0.0
-    for i in range(0, len(x), batch_size):
-        cb = None if c is None else c[i : i + batch_size]
-        total += flow(cb).log_prob(x[i : i + batch_size]).sum().item()
-    return total / len(x)
+def _average_log_prob(
+    flow: Flow,
+    rows: Rows,
+    world: World,
+    noise: tuple[list[int], int] | None = None,
+    batch_size: int = 8192,
+) -> float:
+    """The average log-likelihood of ``rows`` over all processes; ``noise``: (columns, seed)."""
+    device = next(flow.parameters()).device
+    noisy = None if noise is None else _Dequantizer(*noise[:1], torch.device("cpu"), noise[1])
+    total = torch.zeros(2, dtype=torch.float64)
+    for x, c in rows.batches(batch_size, world, noise=noisy):
+        lp = flow(None if c is None else c.to(device)).log_prob(x.to(device))
+        total += torch.stack([lp.sum().double().cpu(), torch.tensor(len(x), dtype=torch.float64)])
+    total = world.sum(total)
+    return (total[0] / total[1]).item()
+
+
+class _LogProb(nn.Module):
+    """The flow's log-density as a module's forward, the call DistributedDataParallel wraps."""
+
+    def __init__(self, flow: Flow):
+        super().__init__()
+        self.flow = flow
+
+    def forward(self, x: Tensor, c: Tensor | None) -> Tensor:
+        return self.flow(c).log_prob(x)
 
 
 def _check_options(
@@ -211,12 +167,75 @@ def _check_options(
         raise TypeError(f"expected `callbacks` to be a sequence of callables, got {callbacks!r}")
 
 
+def _held_out(
+    valid: object,
+    data: Rows,
+    generator: torch.Generator,
+    dtype: torch.dtype,
+    device: torch.device,
+    batch_size: int,
+) -> tuple[Rows, Rows | None]:
+    """The training rows and the validation rows (``None`` without validation)."""
+    if is_fraction(valid):
+        if valid == 0:
+            return data, None
+        if not 0 < valid < 1:
+            raise ValueError(f"expected a validation fraction `valid` in [0, 1), got {valid}")
+        return data.split(valid, generator)
+    if valid is None:
+        return data, None
+    if isinstance(valid, bool):
+        raise TypeError("expected `valid` to be a fraction, rows, (rows, contexts) or None")
+    if isinstance(valid, tuple):
+        if len(valid) != 2:
+            raise ValueError(f"expected `valid=(x_valid, c_valid)`, got a {len(valid)}-tuple")
+        x_va, c_va = valid
+    else:
+        x_va, c_va = valid, None
+    if not isinstance(x_va, Tensor | np.ndarray | list):
+        held = as_rows("valid", x_va, c_va, dtype, device, batch_size)
+        if (held.features, held.context) != (data.features, data.context):
+            raise ValueError(
+                f"expected validation rows with {data.features} data and {data.context} "
+                f"context columns (as the training rows), got {held.features} and "
+                f"{held.context}"
+            )
+        return data, held
+    x_va = as_tensor("valid", x_va, dtype, columns=data.features)
+    if (data.context == 0) != (c_va is None):
+        raise ValueError(
+            "expected `valid=(x_valid, c_valid)` with contexts exactly when `context` is given"
+        )
+    if c_va is not None:
+        c_va = as_tensor("valid context", c_va, dtype, rows=len(x_va), columns=data.context)
+    if len(x_va) < 1:
+        raise ValueError("expected at least 1 validation row, got 0")
+    return data, TensorRows(x_va.to(device), None if c_va is None else c_va.to(device))
+
+
+def _moments(
+    flow: Flow, rows: Rows, world: World, noise: _Dequantizer, batch_size: int
+) -> tuple[Moments, Moments | None]:
+    """The moments of the (support-mapped) data and contexts of ``rows``, in one pass."""
+    device = next(flow.parameters()).device
+    mx, mc = Moments(0, torch.zeros(0), torch.zeros(0)), None
+    for x, c in rows.batches(max(batch_size, 8192), world, noise=noise):
+        bx, bc = flow.moments(x.to(device), None if c is None else c.to(device))
+        mx = mx + bx
+        mc = bc if mc is None else mc + bc
+    parts = world.gather((mx, mc))
+    mx, mc = parts[0]
+    for px, pc in parts[1:]:
+        mx, mc = mx + px, None if mc is None else mc + pc
+    return mx, mc
+
+
 def fit(
     flow: Flow,
-    x: Tensor,
+    x: Tensor | Dataset | DataLoader | ParquetStream | str | os.PathLike,
     context: Tensor | None = None,
     *,
-    valid: float | Tensor | tuple[Tensor, Tensor | None] | None = 0.1,
+    valid: float | Tensor | tuple[Tensor, Tensor | None] | Dataset | None = 0.1,
     epochs: int = 100,
     batch_size: int = 256,
     lr: float = 1e-3,
@@ -232,10 +251,24 @@ def fit(
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
     resume: bool = False,
+    distributed: bool | None = None,
+    workers: int = 0,
 ) -> History:
     r"""Fits a flow by maximum likelihood with AdamW; keeps the best validation weights.
 
     Minimises :math:`-\frac{1}{N} \sum_n \log p(x_n \mid c_n)` over shuffled mini-batches.
+    The rows may be in memory (tensors, arrays) or streamed: a map-style
+    :class:`~torch.utils.data.Dataset`, a :class:`~torch.utils.data.DataLoader`, or a Parquet
+    file read in batches (a path or a :class:`~arflows.parquet.ParquetStream`), so data with
+    more rows than fit in memory can be fitted; the standardisation is then measured in one
+    pass over the training rows first.
+
+    In a :mod:`torch.distributed` process group (e.g. under ``torchrun``), the fit is
+    data-parallel (DistributedDataParallel): ``batch_size`` is the global batch, each
+    process computes the log-likelihood of its share of every batch, and the averaged
+    gradients make every process take the step one process would take on the whole batch,
+    so all end with the same weights. Only rank 0 writes the checkpoint and shows progress.
+
     After each epoch the held-out average log-likelihood is measured; training stops after
     ``patience`` epochs without improvement, and the best weights are restored at the end.
     Without validation there is no early stopping and the last weights are kept.
@@ -254,13 +287,23 @@ def fit(
 
     Args:
         flow: The flow to fit, in place; the data follow its parameters' dtype and device.
-        x: The data, with shape :math:`(N, D)`, :math:`N \ge 2` (integers become floats).
-        context: The contexts, with shape :math:`(N, C)`, for conditional flows.
-        valid: The validation rows: a fraction of ``x`` held out at random; a tensor (or
-            array) with shape :math:`(N_v, D)`; a tuple ``(x_valid, c_valid)``; or ``None``
-            (or 0) for no validation.
+        x: The data: a tensor or array with shape :math:`(N, D)`, :math:`N \ge 2` (integers
+            become floats); a map-style Dataset whose items are ``x_n`` or ``(x_n, c_n)``
+            (fetched by index in a seeded order, each process fetching only its share); a
+            DataLoader (or IterableDataset) of such batches, iterated as it is (under
+            torchrun each process iterates its own, e.g. with a DistributedSampler; they
+            stop together at the shortest); a :class:`~arflows.parquet.ParquetStream` or
+            the path of a ``.parquet`` file (read by every process, shuffled through a
+            buffer, dealt out per batch).
+        context: The contexts, with shape :math:`(N, C)`, of in-memory rows (``None`` for
+            streamed rows, which carry their own).
+        valid: The validation rows: a fraction of ``x`` held out at random (row by row for
+            a Parquet file; not possible for a DataLoader); a tensor (or array) with shape
+            :math:`(N_v, D)`; a tuple ``(x_valid, c_valid)``; any streamed source as for
+            ``x``; or ``None`` (or 0) for no validation.
         epochs: The maximum number of passes over the training rows.
-        batch_size: The mini-batch size (larger than the data is fine: one batch).
+        batch_size: The mini-batch size (larger than the data is fine: one batch); in a
+            distributed fit, the rows of all processes together.
         lr: The (initial) learning rate.
         weight_decay: AdamW's decoupled weight decay.
         patience: Epochs without validation improvement before stopping (``None``: never).
@@ -289,6 +332,11 @@ def fit(
             The data and options must be those of the interrupted fit; the checkpoint's seed
             is used. On CPU the resumed fit ends with the same weights and history, bit for
             bit, as an uninterrupted one (callbacks are not re-run for finished epochs).
+        distributed: ``None``: data-parallel when a process group of more than one process
+            is initialised; ``False``: never (each process fits on its own); ``True``:
+            require a process group.
+        workers: Worker processes loading the items of a map-style Dataset (0: in this
+            process).
 
     Returns:
         The :class:`History` of the fit.
@@ -302,15 +350,21 @@ def fit(
     start = time.perf_counter()
     callbacks = tuple(callbacks)
     _check_options(epochs, batch_size, lr, weight_decay, patience, clip_grad, schedule, callbacks)
+    if isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers < 0:
+        raise ValueError(f"expected an integer `workers >= 0`, got {workers!r}")
     param = next(flow.parameters(), None)
     if param is None:
         raise ValueError("expected a flow with parameters to fit, got none")
-    x = _as_data("x", x, param.dtype).to(param.device)
-    if len(x) < 2:
-        raise ValueError(f"too few rows: expected `x` with at least 2 rows, got {len(x)}")
-    c = None
-    if context is not None:
-        c = _as_data("context", context, param.dtype, rows=len(x)).to(param.device)
+    dtype, device = param.dtype, param.device
+    if distributed and not (dist.is_available() and dist.is_initialized()):
+        raise ValueError(
+            "`distributed=True` needs an initialised process group: launch with torchrun and "
+            "call torch.distributed.init_process_group (or arflows.distributed.init_from_env)"
+        )
+    world = World() if distributed is False else current_world()
+    data = as_rows("x", x, context, dtype, device, batch_size, workers)
+    if data.rows is not None and data.rows < 2:
+        raise ValueError(f"too few rows: expected `x` with at least 2 rows, got {data.rows}")
     if checkpoint_every is not None and (
         not isinstance(checkpoint_every, numbers.Integral) or checkpoint_every < 1
     ):
@@ -323,22 +377,39 @@ def fit(
     if saved is not None:
         seed = saved["seed"]
     elif seed is None:
-        seed = int(torch.randint(2**62, ()).item())
+        seed = int(world.gather(int(torch.randint(2**62, ()).item()))[0])
     generator = torch.Generator()
     generator.manual_seed(seed)
-    noisy = _Dequantizer(_columns(dequantize, x.shape[1]), x.device, generator)
-    (x_tr, c_tr), held = _held_out(valid, x, c, generator)
-    if held is not None:
-        held = (noisy(held[0]), held[1])
+    columns = _columns(dequantize, data.features)
+    noise_seed = int(torch.randint(2**62, (), generator=generator))
+    # Processes that see different rows draw different noise.
+    rank = 0 if data.shared else world.rank
+    in_memory = isinstance(data, TensorRows)
+    noisy = _Dequantizer(columns, device if in_memory else torch.device("cpu"), noise_seed + rank)
+    train, held = _held_out(valid, data, generator, dtype, device, batch_size)
+    held_noise = None
+    if held is not None and columns:
+        if isinstance(held, TensorRows):
+            held = TensorRows(noisy(held.x), held.c)  # one fixed draw
+        else:  # the same draw at every evaluation
+            held_noise = (columns, (noise_seed + 1_000_003 + rank) % 2**62)
     # The state before any change: what a failure in the first epoch goes back to.
     best, best_score = copy.deepcopy(flow.state_dict()), -math.inf
-    if standardize:
-        flow.standardize_(noisy(x_tr), c_tr)
+    if standardize and saved is None:
+        if isinstance(train, TensorRows):
+            flow.standardize_(noisy(train.x), train.c)
+        else:
+            flow.standardize_(*_moments(flow, train, world, noisy, batch_size))
 
     optimizer = torch.optim.AdamW(flow.parameters(), lr=lr, weight_decay=weight_decay)
-    steps_per_epoch = math.ceil(len(x_tr) / batch_size)
+    steps_per_epoch = train.steps(batch_size)
     scheduler = None
     if schedule == "cosine":
+        if steps_per_epoch is None:
+            raise ValueError(
+                "schedule='cosine' needs the number of batches per epoch, and this DataLoader "
+                "has no length: give one with a length, or schedule='plateau' or None"
+            )
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             optimizer, epochs * steps_per_epoch, lr / 100
         )
@@ -351,18 +422,18 @@ def fit(
             threshold=1e-3,  # nats per row
             threshold_mode="abs",
         )
-    history, bar = History(), _progress(epochs, progress)
-    stepper = _Step(flow, optimizer, scheduler if schedule == "cosine" else None, clip_grad)
+    history, bar = History(), _progress(epochs, progress and world.main)
     # What must match for a checkpoint to continue this fit.
     options = {
-        "rows": len(x_tr),
-        "features": x.shape[1],
+        "rows": train.rows,
+        "features": train.features,
         "epochs": epochs,
         "batch_size": batch_size,
         "schedule": schedule,
         "valid": held is not None,
     }
-    first, first_step, first_total, finished, seconds = 0, 0, 0.0, False, 0.0
+    first, first_step, first_total, first_seen = 0, 0, 0.0, 0
+    finished, seconds = False, 0.0
     if saved is not None:
         if saved["options"] != options:
             raise ValueError(
@@ -377,12 +448,27 @@ def fit(
         for name, value in saved["history"].items():
             setattr(history, name, value)
         first, first_step, first_total = saved["epoch"], saved["step"], saved["total"]
-        finished, seconds, stepper.done = saved["finished"], saved["seconds"], saved["done"]
+        first_seen = saved.get("seen", first_step * batch_size)
+        finished, seconds = saved["finished"], saved["seconds"]
         # The RNG states at the start of epoch `first`: its noise and order are redrawn.
         generator.set_state(saved["generator"])
         noisy.generator.set_state(saved["noise_generator"].to(noisy.generator.device))
+    log_prob: nn.Module = _LogProb(flow)
+    if world.active:
+        _check_same_everywhere(world, train, options, steps_per_epoch)
+        log_prob = DistributedDataParallel(
+            log_prob, device_ids=None if device.type != "cuda" else [device]
+        )
+    stepper = _Step(log_prob, flow, optimizer, scheduler if schedule == "cosine" else None)
+    stepper.clip_grad, stepper.world, stepper.uneven = clip_grad, world, train.uneven
+    if saved is not None:
+        stepper.done = saved["done"]
 
-    def save(epoch: int, step: int, total: float, rng: tuple[Tensor, Tensor], done: bool) -> None:
+    def save(
+        epoch: int, step: int, total: float, seen: int, rng: tuple[Tensor, Tensor], done: bool
+    ) -> None:
+        if not world.main:
+            return  # one writer
         write_checkpoint(
             checkpoint,
             {
@@ -397,6 +483,7 @@ def fit(
                 "epoch": epoch,
                 "step": step,
                 "total": total,
+                "seen": seen,
                 "done": stepper.done,
                 "finished": done,
                 "seconds": seconds + time.perf_counter() - start,
@@ -412,21 +499,24 @@ def fit(
             rng = (generator.get_state(), noisy.generator.get_state())
             if epoch > first or first_step == 0:
                 history.lr.append(optimizer.param_groups[0]["lr"])
-            x_epoch = noisy(x_tr)
-            order = torch.randperm(len(x_tr), generator=generator).to(x_tr.device)
-            batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+            batches = train.batches(batch_size, world, generator, noisy, epoch)
             after_step = None
             if checkpoint is not None and checkpoint_every is not None:
 
                 def after_step(
-                    step: int, total: float, epoch: int = epoch, rng: tuple = rng
+                    step: int, total: float, seen: int, epoch: int = epoch, rng: tuple = rng
                 ) -> None:
                     if stepper.done % checkpoint_every == 0:
-                        save(epoch, step + 1, total, rng, False)
+                        save(epoch, step + 1, total, seen, rng, False)
 
-            start_step, start_total = (first_step, first_total) if epoch == first else (0, 0.0)
-            total, failure = stepper.epoch(
-                x_epoch, c_tr, batches, epoch, start_step, start_total, after_step
+            resumed = epoch == first
+            total, seen, failure = stepper.epoch(
+                batches,
+                epoch,
+                first_step if resumed else 0,
+                first_total if resumed else 0.0,
+                first_seen if resumed else 0,
+                after_step,
             )
             if failure is not None:
                 flow.load_state_dict(best)
@@ -438,9 +528,9 @@ def fit(
                 kept = "initial" if history.best_epoch < 0 else f"epoch {history.best_epoch}"
                 history.stopped_nonfinite = f"{failure}; the {kept} weights were kept"
                 break
-            history.train.append(total / len(x_tr))
+            history.train.append(total / seen)
             if held is not None:
-                history.valid.append(_average_log_prob(flow, *held))
+                history.valid.append(_average_log_prob(flow, held, world, held_noise))
             score = history.train[-1] if held is None else history.valid[-1]
             if held is None or score > best_score:
                 best, best_score = copy.deepcopy(flow.state_dict()), score
@@ -452,23 +542,38 @@ def fit(
                 postfix["valid"] = f"{history.valid[-1]:.3f}"
             bar.set_postfix(postfix)
             bar.update()
-            stop = [bool(callback(epoch, history, flow)) for callback in callbacks]
+            stop = any([bool(callback(epoch, history, flow)) for callback in callbacks])
+            stop = world.any(stop) if world.active else stop
             waited = epoch - history.best_epoch
-            if any(stop) or (held is not None and patience is not None and waited >= patience):
+            if stop or (held is not None and patience is not None and waited >= patience):
                 history.stopped_early = epoch < epochs - 1
                 finished = True
             if checkpoint is not None and (checkpoint_every is None or finished):
                 rng = (generator.get_state(), noisy.generator.get_state())
-                save(epoch + 1, 0, 0.0, rng, finished or epoch + 1 == epochs)
+                save(epoch + 1, 0, 0.0, 0, rng, finished or epoch + 1 == epochs)
             if finished:
                 break
         else:
             if checkpoint is not None and checkpoint_every is not None and not finished:
                 rng = (generator.get_state(), noisy.generator.get_state())
-                save(epochs, 0, 0.0, rng, True)
+                save(epochs, 0, 0.0, 0, rng, True)
     history.seconds = seconds + time.perf_counter() - start
     flow.load_state_dict(best)
     return history
+
+
+def _check_same_everywhere(world: World, train: Rows, options: dict, steps: int | None) -> None:
+    """Refuses a distributed fit whose processes were given different data or options."""
+    # A user's DataLoader holds each process's own rows; only their shape must agree.
+    mine = (
+        (train.features, train.context) if train.uneven else (options, steps, type(train).__name__)
+    )
+    for rank, theirs in enumerate(world.gather(mine)):
+        if theirs != mine:
+            raise ValueError(
+                f"every process of a distributed fit needs the same data and options: process "
+                f"{rank} has {theirs}, process {world.rank} has {mine}"
+            )
 
 
 class _Step:
@@ -476,58 +581,86 @@ class _Step:
 
     def __init__(
         self,
+        log_prob: nn.Module,
         flow: Flow,
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler | None,
-        clip_grad: float | None,
     ):
-        self.flow, self.optimizer, self.scheduler = flow, optimizer, scheduler
-        self.clip_grad, self.done = clip_grad, 0
+        self.log_prob, self.flow, self.optimizer, self.scheduler = (
+            log_prob,
+            flow,
+            optimizer,
+            scheduler,
+        )
+        self.clip_grad: float | None = None
+        self.world, self.uneven, self.done = World(), False, 0
+
+    def _loss(self, x: Tensor, c: Tensor | None) -> tuple[Tensor, float, int]:
+        """The loss to differentiate, the batch's average log-likelihood, its global rows."""
+        lp = self.log_prob(x, c)
+        if not self.world.active:
+            loss = -lp.mean()
+            return loss, -loss.item(), len(x)
+        # Gradients are averaged over processes: weigh this part by its share of the batch.
+        sums = self.world.sum(torch.stack([lp.detach().sum(), lp.new_tensor(len(x))]))
+        rows = int(sums[1].item())
+        return -lp.sum() * (self.world.size / rows), sums[0].item() / rows, rows
 
     def epoch(
         self,
-        x: Tensor,
-        c: Tensor | None,
-        batches: list[Tensor],
+        batches: Iterator[tuple[Tensor, Tensor | None]],
         epoch: int,
         start: int = 0,
         total: float = 0.0,
-        after_step: Callable[[int, float], None] | None = None,
-    ) -> tuple[float, str | None]:
-        """A pass over ``batches[start:]`` of row indices: (sum of log-likelihoods, failure).
+        seen: int = 0,
+        after_step: Callable[[int, float, int], None] | None = None,
+    ) -> tuple[float, int, str | None]:
+        """A pass over ``batches`` from step ``start``: (sum of log-likelihoods, rows, failure).
 
-        ``total`` is the sum so far (of the batches before ``start``); ``after_step(step,
-        total)`` is called after each good step.
+        ``total`` and ``seen`` are the sum and the rows so far (of the steps before
+        ``start``, which are skipped); ``after_step(step, total, seen)`` is called after each
+        good step.
         """
-        flow = self.flow
+        flow, world = self.flow, self.world
+        device = next(flow.parameters()).device
+        batches = iter(batches)
+        for _ in itertools.islice(batches, start):
+            pass
         flow.train()
         step = start
         try:
-            for step, idx in enumerate(batches[start:], start):
-                loss = -flow(None if c is None else c[idx]).log_prob(x[idx]).mean()
-                if not torch.isfinite(loss):
-                    return total, f"the loss became {loss.item()} at epoch {epoch}, step {step}"
+            for step in itertools.count(start):
+                batch = next(batches, None)
+                # Processes that iterate loaders of their own stop together at the shortest.
+                if self.uneven and world.active and world.any(batch is None):
+                    break
+                if batch is None:
+                    break
+                x, c = batch
+                loss, value, rows = self._loss(x.to(device), None if c is None else c.to(device))
+                if not math.isfinite(value):
+                    return total, seen, f"the loss became {-value} at epoch {epoch}, step {step}"
                 self.optimizer.zero_grad()
                 loss.backward()
                 if self.clip_grad is not None:
                     norm = torch.nn.utils.clip_grad_norm_(flow.parameters(), self.clip_grad)
                     if not torch.isfinite(norm):
-                        return total, (
-                            f"the gradient norm became {norm.item()} at epoch {epoch}, step {step}"
-                        )
+                        where = f"at epoch {epoch}, step {step}"
+                        return total, seen, f"the gradient norm became {norm.item()} {where}"
                 self.optimizer.step()
                 if self.scheduler is not None:
                     self.scheduler.step()
-                total -= loss.item() * len(idx)
+                total += value * rows
+                seen += rows
                 self.done += 1
                 if after_step is not None:
-                    after_step(step, total)
+                    after_step(step, total, seen)
         finally:
             flow.eval()
         if not all(p.isfinite().all() for p in flow.parameters()):
             # A finite loss with a non-finite gradient (no clipping) poisons the weights.
-            return total, f"the weights became non-finite at epoch {epoch}, step {step}"
-        return total, None
+            return total, seen, f"the weights became non-finite at epoch {epoch}, step {step}"
+        return total, seen, None
 
 
 @contextlib.contextmanager

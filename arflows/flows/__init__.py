@@ -15,6 +15,7 @@ __all__ = [
     "MADEMoG",
     "MADEMoGFlow",
     "MaskedCouplingTransform",
+    "Moments",
     "NICE",
     "RealNVP",
     "coupling_layers",
@@ -53,6 +54,7 @@ from .mixture import AutoregressiveMoG, MADEMoG, MADEMoGFlow
 from .neural import NAF
 from .normalization import ActNorm, BatchNorm
 from .spline import NSF
+from .standardize import Moments
 
 
 def flow_classes() -> dict[str, type[Flow]]:

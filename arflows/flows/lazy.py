@@ -25,7 +25,7 @@ from torch import Size, Tensor, nn
 from torch.distributions import Distribution
 
 from ..transforms import ComposedTransform, SupportTransform, Transform, support_bounds
-from .standardize import Standardization
+from .standardize import Moments, Standardization
 
 
 def check_sizes(features: object, context: object, hidden_features: object = ()) -> None:
@@ -261,18 +261,34 @@ class Flow(LazyDistribution):
         return {"flow": type(self).__name__, "arguments": arguments}
 
     @torch.no_grad()
-    def standardize_(self, x: Tensor, c: Tensor | None = None) -> None:
+    def standardize_(self, x: Tensor | Moments, c: Tensor | Moments | None = None) -> None:
         r"""Stores the means and scales of the data (after the support map) and the context.
 
         Args:
-            x: The data, with shape :math:`(N, D)`.
-            c: The context, with shape :math:`(N, C)`, or ``None``.
+            x: The data, with shape :math:`(N, D)`, or the :meth:`moments` of data read in
+                batches.
+            c: The context, with shape :math:`(N, C)`, its moments, or ``None``.
         """
-        if self.support is not None:
+        if self.support is not None and not isinstance(x, Moments):
             x = self.support()(x)
         self.standardization.set_(x)
         if c is not None:
             self.context_standardization.set_(c)
+
+    @torch.no_grad()
+    def moments(self, x: Tensor, c: Tensor | None = None) -> tuple[Moments, Moments | None]:
+        r"""The moments :meth:`standardize_` needs, of one batch; batches' moments add up.
+
+        Args:
+            x: The data, with shape :math:`(N, D)`.
+            c: The context, with shape :math:`(N, C)`, or ``None``.
+
+        Returns:
+            The moments of the data after the support map, and of the context (or ``None``).
+        """
+        if self.support is not None:
+            x = self.support()(x)
+        return Moments.of(x), None if c is None else Moments.of(c)
 
     def context(self, c: Tensor | None) -> Tensor | None:
         r"""The context as the transforms see it: standardised, then embedded."""

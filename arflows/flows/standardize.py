@@ -2,7 +2,9 @@ r"""Per-feature standardisation stored inside a flow, so saved models carry it."
 
 from __future__ import annotations
 
-__all__ = ["Standardization", "StandardizeTransform"]
+__all__ = ["Moments", "Standardization", "StandardizeTransform"]
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -40,6 +42,58 @@ class StandardizeTransform(Transform):
         return (-self.scale.log().sum()).expand(x.shape[:-1])
 
 
+@dataclass(frozen=True)
+class Moments:
+    r"""Column means and sums of squared deviations of rows seen so far, in float64.
+
+    Moments of disjoint batches add up (Chan et al.'s pairwise update), so statistics of data
+    read in batches, or spread over processes, equal those of all the rows at once.
+
+    Example:
+        >>> x = torch.randn(100, 3, dtype=torch.float64)
+        >>> m = Moments.of(x[:30]) + Moments.of(x[30:])
+        >>> torch.allclose(m.mean, x.mean(0)), torch.allclose(m.var, x.var(0, correction=0))
+        (True, True)
+
+    Attributes:
+        count: The number of rows :math:`N`.
+        mean: The column means, with shape :math:`(D,)`.
+        m2: The column sums of squared deviations from the mean, with shape :math:`(D,)`.
+    """
+
+    count: int
+    mean: Tensor
+    m2: Tensor
+
+    @staticmethod
+    def of(x: Tensor) -> Moments:
+        r"""The moments of the rows of ``x``, with shape :math:`(N, D)`."""
+        x = x.detach().to(torch.float64)
+        mean = x.mean(0) if len(x) else x.new_zeros(x.shape[1:])
+        return Moments(len(x), mean, ((x - mean) ** 2).sum(0))
+
+    def __add__(self, other: Moments) -> Moments:
+        if other.count == 0:
+            return self
+        if self.count == 0:
+            return other
+        if self.mean.shape != other.mean.shape:
+            raise ValueError(
+                f"expected moments of rows with the same columns, got {tuple(self.mean.shape)} "
+                f"and {tuple(other.mean.shape)}"
+            )
+        count = self.count + other.count
+        delta = other.mean.to(self.mean.device) - self.mean
+        mean = self.mean + delta * (other.count / count)
+        m2 = self.m2 + other.m2.to(self.m2.device)
+        return Moments(count, mean, m2 + delta**2 * (self.count * other.count / count))
+
+    @property
+    def var(self) -> Tensor:
+        """The column variances (normalised by :math:`N`)."""
+        return self.m2 / max(self.count, 1)
+
+
 class Standardization(nn.Module):
     r"""Stored means and scales of data or context columns; the identity until :meth:`set_`.
 
@@ -64,22 +118,31 @@ class Standardization(nn.Module):
         return self.loc.numel() > 0
 
     @torch.no_grad()
-    def set_(self, x: Tensor, eps: float = 1e-8) -> None:
-        r"""Sets the statistics from data.
+    def set_(self, x: Tensor | Moments, eps: float = 1e-8) -> None:
+        r"""Sets the statistics from data, or from the :class:`Moments` of data.
 
         Constant columns get scale 1 rather than 0, so they stay finite.
 
         Args:
-            x: The data, with shape :math:`(N, D)`, :math:`N \ge 1`.
+            x: The data, with shape :math:`(N, D)`, :math:`N \ge 1`, or their moments.
             eps: Scales below ``eps`` (relative to the column's magnitude) count as constant.
         """
-        if x.dim() != 2 or x.shape[0] < 1:
-            raise ValueError(
-                f"expected data with shape (rows >= 1, columns), got {tuple(x.shape)}"
-            )
-        x = x.to(self.loc.dtype if self.loc.is_floating_point() else torch.get_default_dtype())
-        loc = x.mean(0)
-        scale = x.std(0, correction=0) if x.shape[0] > 1 else torch.zeros_like(loc)
+        dtype = self.loc.dtype if self.loc.is_floating_point() else torch.get_default_dtype()
+        if isinstance(x, Moments):
+            if x.count < 1 or x.mean.dim() != 1:
+                raise ValueError(
+                    f"expected moments of at least 1 row of a table, got {x.count} rows of "
+                    f"shape {tuple(x.mean.shape)}"
+                )
+            loc, scale = x.mean.to(dtype), x.var.sqrt().to(dtype)
+        else:
+            if x.dim() != 2 or x.shape[0] < 1:
+                raise ValueError(
+                    f"expected data with shape (rows >= 1, columns), got {tuple(x.shape)}"
+                )
+            x = x.to(dtype)
+            loc = x.mean(0)
+            scale = x.std(0, correction=0) if x.shape[0] > 1 else torch.zeros_like(loc)
         tiny = scale <= eps * (1 + loc.abs())
         scale = torch.where(tiny, torch.ones_like(scale), scale)
         self.loc = loc.to(device=self.loc.device)
