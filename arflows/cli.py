@@ -22,7 +22,8 @@ import shutil
 import sys
 import textwrap
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -33,8 +34,10 @@ from .data import DataError, Table, figure1, figure1_log_prob, load_dataset, rea
 from .data import write_table as _write_table
 from .dequantize import dequantize, discrete_log_prob
 from .diagnostics import gaussianize, gaussianized_figure, joint_normality, normality, qq_figure
+from .distributed import World, init_from_env, shutdown
 from .flows import MAF, Flow
 from .io import ModelError, _is_model_dir, _replace_dir, load, save
+from .parquet import ParquetStream
 from .train import fit
 
 _CHUNK = 8192
@@ -109,10 +112,14 @@ def _parser() -> argparse.ArgumentParser:
         "report.json, report.md and loss.png. Without DATA it fits the built-in figure-1 "
         "density of the MAF paper (or --dataset NAME). Data and context are standardised "
         "inside the model; integer-valued columns are dequantized (uniform noise) unless "
-        "--dequantize none.",
+        "--dequantize none. With --stream a Parquet file is read in batches, never whole. "
+        "Launched by torchrun, the processes train data-parallel (gloo on CPU, NCCL on GPUs) "
+        "with --batch-size rows per step in all, and only rank 0 prints and writes.",
         "  arflows fit                                  # built-in figure-1 data -> model/\n"
         "  arflows fit data.csv --flow nsf -o model\n"
-        "  arflows fit data.csv --columns x y --context-columns t --epochs 200 -o model\n",
+        "  arflows fit data.csv --columns x y --context-columns t --epochs 200 -o model\n"
+        "  arflows fit big.parquet --stream --batch-size 4096 -o model\n"
+        "  torchrun --nproc_per_node 4 -m arflows fit data.csv -o model   # data-parallel\n",
     )
     p.add_argument("data", nargs="?", type=Path, metavar="DATA", help="the data file")
     p.add_argument(
@@ -189,6 +196,12 @@ def _parser() -> argparse.ArgumentParser:
         "--device", default="cpu", metavar="DEVICE", help="torch device, e.g. cuda (cpu)"
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument(
+        "--stream",
+        action="store_true",
+        help="read a Parquet DATA file in batches instead of into memory (for more rows than "
+        "fit in RAM); splits are drawn row by row, integer-typed columns are dequantized",
+    )
     p.add_argument(
         "-o",
         "--output",
@@ -501,25 +514,106 @@ def _split(n: int, valid: float, test: float, seed: int) -> tuple[Tensor, Tensor
     return perm[n_test + n_valid :], perm[n_test : n_test + n_valid], perm[:n_test]
 
 
+def _quiet(*args: object, **kwargs: object) -> None:
+    pass
+
+
 def _fit(args: argparse.Namespace) -> int:
-    device = _device(args.device)
+    # Under torchrun, every process runs this; they train together and rank 0 writes.
+    world, device = init_from_env(_device(args.device))
+    try:
+        return _fit_in(world, device, args)
+    finally:
+        shutdown()
+
+
+@dataclass
+class _Splits:
+    """What a fit draws on: the rows of each split and how to score them."""
+
+    source: str
+    dataset: str | None
+    rows: int
+    columns: list[str]
+    context_columns: list[str]
+    dequantize: list[int]
+    train: object  # (x, c) tensors, or a ParquetStream part
+    valid: object | None
+    test: object | None
+    counts: dict[str, int]
+    score: Callable[[Flow, object, int], float]
+
+
+def _in_memory(args: argparse.Namespace) -> _Splits:
     table, source, dataset = _load_data(args)
     x, c = table.x, table.c
     cols = list(table.integer_columns) if args.dequantize == "auto" else []
     train, valid, test = _split(len(x), args.valid_fraction, args.test_fraction, args.seed)
+
+    def rows(idx: Tensor) -> tuple[Tensor, Tensor | None] | None:
+        return (x[idx], None if c is None else c[idx]) if len(idx) else None
+
+    def score(flow: Flow, part: tuple[Tensor, Tensor | None], seed: int) -> float:
+        return _log_prob(flow, *part, cols, draws=1, seed=seed).mean().item()
+
+    counts = {"train": len(train), "valid": len(valid), "test": len(test)}
+    return _Splits(
+        source, dataset, len(x), table.columns, table.context_columns, cols,
+        rows(train), rows(valid), rows(test), counts, score,
+    )  # fmt: skip
+
+
+def _streamed(args: argparse.Namespace) -> _Splits:
+    if args.data is None or args.data.suffix.lower() != ".parquet":
+        raise ValueError(
+            "--stream reads a Parquet file in batches: give a .parquet DATA file (without "
+            f"--stream, other formats are read into memory), got {args.data or 'none'}"
+        )
+    stream = ParquetStream(args.data, args.columns, args.context_columns)
+    cols = list(stream.integer_columns) if args.dequantize == "auto" else []
+    rest = 1 - args.valid_fraction - args.test_fraction
+    if rest <= 0:
+        raise ValueError(
+            f"no rows left to train on with --valid-fraction {args.valid_fraction} and "
+            f"--test-fraction {args.test_fraction}"
+        )
+    parts = stream.split([rest, args.valid_fraction, args.test_fraction], seed=args.seed)
+    counts = dict(zip(("train", "valid", "test"), (p.rows for p in parts), strict=True))
+    if counts["train"] < 2:
+        raise ValueError(
+            f"too few rows ({stream.rows}) for --valid-fraction {args.valid_fraction} and "
+            f"--test-fraction {args.test_fraction}"
+        )
+
+    def score(flow: Flow, part: ParquetStream, seed: int) -> float:
+        total, n = 0.0, 0
+        for i, (x, c) in enumerate(part.batches(_CHUNK)):
+            lp = _log_prob(flow, x, c, cols, draws=1, seed=(seed * 1_000_003 + i) % 2**62)
+            total, n = total + lp.double().sum().item(), n + len(x)
+        return total / n
+
+    valid, test = (p if p.rows else None for p in parts[1:])
+    return _Splits(
+        f"{args.data} (streamed)", None, stream.rows, stream.columns, stream.context_columns,
+        cols, parts[0], valid, test, counts, score,
+    )  # fmt: skip
+
+
+def _fit_in(world: World, device: torch.device, args: argparse.Namespace) -> int:
+    say = print if world.main else _quiet
+    data = _streamed(args) if args.stream else _in_memory(args)
     torch.manual_seed(args.seed)
-    flow = _build_flow(args, x.shape[1], 0 if c is None else c.shape[1]).to(device)
-
-    def rows(idx: Tensor) -> tuple[Tensor, Tensor | None]:
-        return x[idx], None if c is None else c[idx]
-
-    print(
-        f"data: {source}, {len(x)} rows, columns {_short(table.columns)}"
-        + (f", context {_short(table.context_columns)}" if c is not None else "")
+    flow = _build_flow(args, len(data.columns), len(data.context_columns)).to(device)
+    cols = data.dequantize
+    say(
+        f"data: {data.source}, {data.rows} rows, columns {_short(data.columns)}"
+        + (f", context {_short(data.context_columns)}" if data.context_columns else "")
         + (f", dequantized {len(cols)} integer column(s)" if cols else "")
     )
-    print(f"split: {len(train)} train, {len(valid)} valid, {len(test)} test rows")
-    print(f"flow: {type(flow).__name__} {flow.config['arguments']}")
+    say("split: " + ", ".join(f"{n} {name}" for name, n in data.counts.items()) + " rows")
+    say(f"flow: {type(flow).__name__} {flow.config['arguments']}")
+    if world.active:
+        say(f"processes: {world.size} (data-parallel, {device.type})")
     target = Path(args.output)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         if not _is_model_dir(target):
@@ -530,7 +624,7 @@ def _fit(args: argparse.Namespace) -> int:
     partial = target.with_name(target.name + ".partial")
     checkpoint = partial / "checkpoint.safetensors"
     if args.resume:
-        print(
+        say(
             f"resuming from {checkpoint}"
             if checkpoint.is_file()
             else f"no checkpoint at {checkpoint}: starting afresh"
@@ -540,11 +634,16 @@ def _fit(args: argparse.Namespace) -> int:
         options["dequantize"] = cols
     if args.schedule is not None:
         options["schedule"] = None if args.schedule == "none" else args.schedule
-    x_va, c_va = rows(valid)
+    if isinstance(data.train, tuple):
+        x_train, c_train = data.train
+        valid = data.valid if data.valid is None or data.valid[1] is not None else data.valid[0]
+    else:
+        x_train, c_train, valid = data.train, None, data.valid
     history = fit(
         flow,
-        *rows(train),
-        valid=(x_va if c_va is None else (x_va, c_va)) if len(valid) else None,
+        x_train,
+        c_train,
+        valid=valid,
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -556,19 +655,17 @@ def _fit(args: argparse.Namespace) -> int:
         resume=args.resume,
         **options,
     )
+    if not world.main:
+        return 0  # rank 0 scores and writes
     stopped = getattr(history, "stopped_nonfinite", None)
     if stopped:
         print(f"warning: {stopped}", file=sys.stderr)
 
     scores: dict[str, float | None] = {}
-    for i, (name, idx) in enumerate((("train", train), ("valid", valid), ("test", test))):
-        if len(idx) == 0:
-            scores[name] = None
-            continue
-        xs, cs = rows(idx)
+    for i, name in enumerate(("train", "valid", "test")):
+        part = getattr(data, name)
         # Fixed, split-specific noise: the scores are repeatable and independent of training.
-        scores[name] = _log_prob(flow, xs, cs, cols, draws=1, seed=args.seed + 1 + i)
-        scores[name] = scores[name].mean().item()
+        scores[name] = None if part is None else data.score(flow, part, args.seed + 1 + i)
     print(
         "average log-likelihood (nats per row): "
         + ", ".join(f"{name} {_fmt(value)}" for name, value in scores.items())
@@ -576,11 +673,11 @@ def _fit(args: argparse.Namespace) -> int:
 
     command = "arflows " + shlex.join(args.argv)
     metadata = {
-        "data": source,
-        "dataset": dataset,
+        "data": data.source,
+        "dataset": data.dataset,
         "dequantized_columns": cols,
         "scores": scores,
-        "rows": {"train": len(train), "valid": len(valid), "test": len(test)},
+        "rows": data.counts,
         "seed": args.seed,
         "command": command,
     }
@@ -589,8 +686,8 @@ def _fit(args: argparse.Namespace) -> int:
     staged = save(
         flow.cpu(),
         partial / "model",
-        columns=table.columns,
-        context_columns=table.context_columns or None,
+        columns=data.columns,
+        context_columns=data.context_columns or None,
         metadata=_finite(metadata),
     )
     _write_report(Path(staged), command, flow, history, metadata)
