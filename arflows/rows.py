@@ -120,6 +120,10 @@ class Rows(abc.ABC):
         """The number of batches of one pass (``None`` if unknown)."""
         return None if self.rows is None else -(-self.rows // batch_size)
 
+    def fingerprint(self) -> tuple:
+        """What processes of one distributed fit must agree on (cheap to compute)."""
+        return type(self).__name__, self.rows, self.features, self.context
+
 
 class TensorRows(Rows):
     """Rows held in memory as tensors (on the flow's device)."""
@@ -138,6 +142,11 @@ class TensorRows(Rows):
         perm = torch.randperm(self.rows, generator=generator).to(self.x.device)
         tr, va = perm[n_valid:], perm[:n_valid]
         return self._take(tr), self._take(va)
+
+    def fingerprint(self) -> tuple:  # noqa: D102
+        # Sums of the values catch processes handed different rows of the same size.
+        sums = [float(t.double().sum()) for t in (self.x, self.c) if t is not None]
+        return (*super().fingerprint(), *sums)
 
     def _take(self, idx: Tensor) -> TensorRows:
         return TensorRows(self.x[idx], None if self.c is None else self.c[idx])
@@ -315,6 +324,9 @@ class ParquetRows(Rows):
         self.features, self.context = stream.features, stream.context
         if self.rows == 0:
             raise ValueError(f"expected rows in {stream!r}, got none")
+
+    def fingerprint(self) -> tuple:  # noqa: D102
+        return (*super().fingerprint(), repr(self.stream))
 
     def split(self, fraction: float, generator: torch.Generator) -> tuple[Rows, Rows]:  # noqa: D102
         seed = int(torch.randint(2**62, (), generator=generator))

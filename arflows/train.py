@@ -403,6 +403,10 @@ def fit(
 
     optimizer = torch.optim.AdamW(flow.parameters(), lr=lr, weight_decay=weight_decay)
     steps_per_epoch = train.steps(batch_size)
+    if world.active and train.uneven:
+        # Processes with loaders of their own stop each epoch together, at the shortest.
+        counts = world.gather(steps_per_epoch)
+        steps_per_epoch = None if None in counts else min(counts)
     scheduler = None
     if schedule == "cosine":
         if steps_per_epoch is None:
@@ -566,7 +570,7 @@ def _check_same_everywhere(world: World, train: Rows, options: dict, steps: int 
     """Refuses a distributed fit whose processes were given different data or options."""
     # A user's DataLoader holds each process's own rows; only their shape must agree.
     mine = (
-        (train.features, train.context) if train.uneven else (options, steps, type(train).__name__)
+        (train.features, train.context) if train.uneven else (options, steps, train.fingerprint())
     )
     for rank, theirs in enumerate(world.gather(mine)):
         if theirs != mine:

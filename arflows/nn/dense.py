@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .made import broadcast_context, split_params
+from .made import broadcast_context, check_activation, check_int, check_ints, split_params
 
 
 class DenseNN(nn.Module):
@@ -45,18 +45,17 @@ class DenseNN(nn.Module):
         activation: Callable[[], nn.Module] = nn.ReLU,
     ):
         super().__init__()
-        if in_features < 0 or out_features < 1 or context < 0:
-            raise ValueError(
-                "expected `in_features >= 0`, `out_features >= 1` and `context >= 0`, got "
-                f"{in_features}, {out_features} and {context}"
-            )
+        in_features = check_int("in_features", in_features, 0)
+        out_features = check_int("out_features", out_features, 1)
+        context = check_int("context", context, 0)
         if in_features + context == 0:
             raise ValueError("expected `in_features + context >= 1`, got 0")
-        hidden_features = tuple(int(h) for h in hidden_features)
-        if any(h < 1 for h in hidden_features):
-            raise ValueError(f"expected hidden widths >= 1, got hidden_features={hidden_features}")
+        hidden_features = check_ints("hidden_features", hidden_features, 1)
+        check_activation(activation)
         self.in_features, self.out_features, self.context = in_features, out_features, context
-        self.param_dims = None if param_dims is None else tuple(int(k) for k in param_dims)
+        self.param_dims = (
+            None if param_dims is None else check_ints("param_dims", param_dims, 1, empty=False)
+        )
         n_out = out_features * (1 if self.param_dims is None else sum(self.param_dims))
         widths = [in_features + context, *hidden_features, n_out]
         layers: list[nn.Module] = []

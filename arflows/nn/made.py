@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = ["MADE", "MaskedLinear", "broadcast_context", "split_params"]
 
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -13,6 +14,42 @@ from torch import BoolTensor, LongTensor, Tensor, nn
 
 from .blocks import BlockPlan, Permutation, auto_blocks, block_linear, block_plan
 from .masks import hidden_degrees, input_degrees, mask
+
+
+def check_int(name: str, value: object, low: int) -> int:
+    """``value`` as an int ``>= low``; a TypeError or ValueError naming ``name`` otherwise.
+
+    Floats and bools are refused rather than truncated: ``int(2.7)`` would silently build
+    another network than the one asked for.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"expected `{name}` to be an int >= {low}, got {value!r}")
+    if value < low:
+        raise ValueError(f"expected `{name} >= {low}`, got {value}")
+    return int(value)
+
+
+def check_ints(name: str, values: object, low: int, *, empty: bool = True) -> tuple[int, ...]:
+    """``values`` as a tuple of ints ``>= low`` (at least one unless ``empty``), or an error."""
+    if isinstance(values, str | bytes) or not isinstance(values, Sequence | Tensor):
+        raise TypeError(f"expected `{name}` to be a sequence of ints, got {values!r}")
+    values = tuple(values.tolist() if isinstance(values, Tensor) else values)
+    if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in values):
+        raise TypeError(f"expected `{name}` to be a sequence of ints, got {values!r}")
+    if not values and not empty:
+        raise ValueError(f"expected at least one entry in `{name}`, got ()")
+    if any(v < low for v in values):
+        raise ValueError(f"expected `{name}` entries >= {low}, got {values}")
+    return tuple(int(v) for v in values)
+
+
+def check_activation(activation: object) -> None:
+    """Refuses an ``activation`` that is not a class or function returning a module."""
+    if not callable(activation) or isinstance(activation, nn.Module):
+        raise TypeError(
+            "expected `activation` to be a module class such as torch.nn.ReLU (called once "
+            f"per layer), got {activation!r}"
+        )
 
 
 class MaskedLinear(nn.Linear):
@@ -32,6 +69,11 @@ class MaskedLinear(nn.Linear):
     """
 
     def __init__(self, mask: BoolTensor, bias: bool = True):
+        if not isinstance(mask, Tensor) or mask.dim() != 2 or 0 in mask.shape:
+            what = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+            raise ValueError(f"expected `mask` to be a non-empty 2-D tensor (O, I), got {what}")
+        if mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):
+            raise ValueError("expected `mask` to hold booleans (or only 0 and 1), got other values")
         out_features, in_features = mask.shape
         super().__init__(in_features, out_features, bias=bias)
         self.register_buffer("mask", mask.bool())
@@ -160,16 +202,13 @@ class MADE(nn.Module):
         orders: int = 1,
     ):
         super().__init__()
-        if features < 1:
-            raise ValueError(f"expected `features >= 1`, got {features}")
-        if context < 0:
-            raise ValueError(f"expected `context >= 0`, got {context}")
-        hidden_features = tuple(int(h) for h in hidden_features)
-        if not hidden_features:
+        features = check_int("features", features, 1)
+        context = check_int("context", context, 0)
+        if isinstance(hidden_features, Sequence) and len(hidden_features) == 0:
             raise ValueError("expected at least one hidden layer in `hidden_features`, got ()")
-        param_dims = tuple(int(k) for k in param_dims)
-        if not param_dims or min(param_dims) < 1:
-            raise ValueError(f"expected `param_dims` entries >= 1, got {param_dims}")
+        hidden_features = check_ints("hidden_features", hidden_features, 1)
+        param_dims = check_ints("param_dims", param_dims, 1, empty=False)
+        check_activation(activation)
         if isinstance(orders, bool) or not isinstance(orders, int) or orders < 1:
             raise ValueError(f"expected `orders` to be an int >= 1, got {orders!r}")
         if residual and len(set(hidden_features)) > 1:
@@ -235,6 +274,7 @@ class MADE(nn.Module):
         # a state dict may replace those, so it clears them.
         self._plans: dict[tuple[int, tuple[int, ...], torch.device], _BlockPlans] = {}
         self.register_load_state_dict_post_hook(_clear_plans)
+        self.register_load_state_dict_post_hook(_check_loaded_structure)
         if orders > 1:
             self.register_load_state_dict_post_hook(_restore_mask_set)
 
@@ -531,6 +571,50 @@ class _BlockPlans:
 
 def _clear_plans(module: nn.Module, incompatible_keys: object) -> None:
     module._plans.clear()
+
+
+def _check_loaded_structure(module: MADE, incompatible_keys: object) -> None:
+    """Refuses loaded degrees and masks that would break the autoregressive structure.
+
+    Degrees and masks are buffers, so a foreign or edited state dict can replace them with
+    values of the right shape but no autoregressive meaning: a network whose outputs read the
+    inputs they model gives wrong densities without any error. The input degrees of every mask
+    set must be a permutation of :math:`1..D`, hidden degrees sorted (the one-sweep inverse and
+    the block products rely on it), and the masks of a single set those of its degrees (with
+    several sets the masks are rebuilt from the degrees after loading).
+    """
+    expected = torch.arange(1, module.features + 1, device=module.input_degrees.device)
+    if module.orders == 1:
+        sets = [(module.input_degrees, module.degrees)]
+    else:
+        index = int(module.mask_sets_index)
+        if not 0 <= index < module.orders:
+            raise ValueError(f"the loaded mask set index {index} is not in 0..{module.orders - 1}")
+        hidden = [getattr(module, f"degrees_{j}_sets") for j in range(len(module.hidden_features))]
+        sets = [
+            (module.input_degrees_sets[k], [h[k] for h in hidden]) for k in range(module.orders)
+        ]
+    for in_deg, degrees in sets:
+        if not torch.equal(in_deg.sort().values, expected):
+            raise ValueError(
+                f"the loaded input degrees {in_deg.tolist()} are not a permutation of "
+                f"1..{module.features}: not the state of an autoregressive network"
+            )
+        if any(bool((deg[1:] < deg[:-1]).any()) for deg in degrees):
+            raise ValueError("the loaded hidden degrees are not sorted")
+    if module.orders == 1:
+        in_deg, degrees = sets[0]
+        out_deg = in_deg.repeat_interleave(sum(module.param_dims))
+        targets = [*degrees, out_deg]
+        layers = list(zip(module.layers, [in_deg, *degrees], targets, strict=True))
+        if module.skip_layer is not None:
+            layers.append((module.skip_layer, in_deg, out_deg))
+        for layer, a, b in layers:
+            if not torch.equal(layer.mask, mask(a, b, strict=b is out_deg)):
+                raise ValueError(
+                    "the loaded masks do not match the loaded degrees: the network would not "
+                    "be autoregressive"
+                )
 
 
 def _restore_mask_set(module: MADE, incompatible_keys: object) -> None:

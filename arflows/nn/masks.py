@@ -39,12 +39,18 @@ def input_degrees(features: int, order: Sequence[int] | LongTensor | None = None
     """
     if order is None:
         return torch.arange(1, features + 1)
-    order = torch.as_tensor(order, dtype=torch.long).flatten()
-    if order.numel() != features or not torch.equal(order.sort().values, torch.arange(features)):
-        raise ValueError(
-            f"expected `order` to be a permutation of 0..{features - 1}, got {order.tolist()}"
-        )
-    return order + 1
+    expected = f"expected `order` to be a permutation of 0..{features - 1}"
+    try:
+        ranks = torch.as_tensor(order)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{expected}, got {order!r}") from None
+    # Floats and bools are refused, not cast: casting would turn [0.5, 1, 2] into a permutation.
+    if ranks.is_floating_point() or ranks.is_complex() or ranks.dtype == torch.bool:
+        raise TypeError(f"{expected} (integers), got {ranks.tolist()} of dtype {ranks.dtype}")
+    ranks = ranks.to("cpu", torch.long)
+    if ranks.shape != (features,) or not torch.equal(ranks.sort().values, torch.arange(features)):
+        raise ValueError(f"{expected}, got {ranks.tolist()}")
+    return ranks + 1
 
 
 def hidden_degrees(
