@@ -460,6 +460,7 @@ def fit(
     log_prob: nn.Module = _LogProb(flow)
     if world.active:
         _check_same_everywhere(world, train, options, steps_per_epoch)
+        _initialize_from_data(flow, train, batch_size, generator)
         log_prob = DistributedDataParallel(
             log_prob, device_ids=None if device.type != "cuda" else [device]
         )
@@ -564,6 +565,35 @@ def fit(
     history.seconds = seconds + time.perf_counter() - start
     flow.load_state_dict(best)
     return history
+
+
+@torch.no_grad()
+def _initialize_from_data(
+    flow: Flow, train: Rows, batch_size: int, generator: torch.Generator
+) -> None:
+    """Runs the data-dependent initialisations (ActNorm) on the first batch, before DDP.
+
+    Layers with an ``initialized`` buffer still ``False`` initialise on their first
+    training batch; in a distributed fit each process would see only its share of it. Done
+    here, before DistributedDataParallel copies rank 0's parameters and buffers to every
+    process, they start from the whole first batch (that of one process) everywhere.
+    """
+    pending = [
+        m
+        for m in flow.modules()
+        if isinstance(getattr(m, "initialized", None), Tensor) and not bool(m.initialized)
+    ]
+    if not pending:
+        return
+    peek = torch.Generator()
+    peek.set_state(generator.get_state())  # the first epoch's order, left unconsumed
+    x, c = next(iter(train.batches(batch_size, World(), peek)))
+    device = next(flow.parameters()).device
+    flow.train()
+    try:
+        flow(None if c is None else c.to(device)).log_prob(x.to(device))
+    finally:
+        flow.eval()
 
 
 def _check_same_everywhere(world: World, train: Rows, options: dict, steps: int | None) -> None:

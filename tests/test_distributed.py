@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent / "scripts"))
 from fit_ranks import data  # noqa: E402
 
 SCRIPT = Path(__file__).parent / "scripts" / "fit_ranks.py"
-SOURCES = ["tensor", "dataset", "parquet", "loader", "uneven", "mismatch"]
+SOURCES = ["tensor", "dataset", "parquet", "actnorm", "loader", "uneven", "mismatch"]
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available(), reason="torch.distributed is not available"
 )
@@ -65,7 +65,7 @@ def result(folder, source, rank):
     return record, (load_file(path) if path.exists() else None)
 
 
-@pytest.mark.parametrize("source", ["tensor", "dataset", "parquet"])
+@pytest.mark.parametrize("source", ["tensor", "dataset", "parquet", "actnorm"])
 def test_two_processes_follow_one_process_on_the_combined_batch(runs, source):
     one, one_weights = result(runs[1], source, 0)
     first, weights0 = result(runs[2], source, 0)

@@ -2,7 +2,8 @@
 
 Usage: ``torchrun --nproc_per_node N tests/scripts/fit_ranks.py OUT SOURCE...`` (or plain
 ``python`` for one process), each SOURCE one of ``tensor``, ``dataset``, ``loader``,
-``parquet`` (the file ``OUT/data.parquet``), ``uneven`` (DataLoaders of different lengths
+``parquet`` (the file ``OUT/data.parquet``), ``actnorm`` (tensors, a flow with ActNorm
+layers), ``uneven`` (DataLoaders of different lengths
 per process) or ``mismatch`` (each process given other rows). Writes
 ``OUT/SOURCE-rank{r}.safetensors`` (the weights) and ``OUT/SOURCE-rank{r}.json`` (the
 history and the world size, or the error).
@@ -30,11 +31,14 @@ def data() -> tuple[torch.Tensor, torch.Tensor]:
 
 def fit(world, out: Path, source: str) -> arflows.History:
     torch.manual_seed(0)
-    flow = arflows.MAF(2, context=1, transforms=2, hidden_features=(16, 16)).double()
+    # ActNorm initialises from the first batch: the whole one, in every process.
+    actnorm = source == "actnorm"
+    flow = arflows.MAF(2, context=1, transforms=2, hidden_features=(16, 16), actnorm=actnorm)
+    flow = flow.double()
     x, c = data()
     # 203 rows in batches of 50: the last global batch has 3 rows, split 2 + 1.
     options = dict(epochs=4, batch_size=50, valid=0.2, lr=3e-3, progress=False, seed=3)
-    if source == "tensor":
+    if source in ("tensor", "actnorm"):
         history = arflows.fit(flow, x, c, **options)
     elif source == "dataset":
         history = arflows.fit(flow, TensorDataset(x, c), **options)
