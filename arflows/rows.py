@@ -269,8 +269,9 @@ class DatasetRows(Rows):
         fetched = iter(loader)
         for part in parts:
             if not part:  # a global batch smaller than the number of processes
-                c = torch.zeros(0, self.context) if self.context else None
-                yield torch.zeros(0, self.features, dtype=self.check.dtype), c
+                dtype = self.check.dtype
+                c = torch.zeros(0, self.context, dtype=dtype) if self.context else None
+                yield torch.zeros(0, self.features, dtype=dtype), c
                 continue
             x, c = self.check(next(fetched))
             yield (x if noise is None else noise(x)), c

@@ -213,6 +213,25 @@ def _held_out(
     return data, TensorRows(x_va.to(device), None if c_va is None else c_va.to(device))
 
 
+def _check_columns(flow: Flow, rows: Rows, name: str) -> None:
+    """Refuses rows whose column counts differ from those the flow was built for."""
+    arguments = flow.config["arguments"]
+    for what, count, expected in (
+        ("data", rows.features, arguments.get("features")),
+        ("context", rows.context, arguments.get("context", 0)),
+    ):
+        if (
+            isinstance(expected, int)
+            and count != expected
+            and not (what == "context" and flow.embedding is not None)
+        ):
+            argument = "features" if what == "data" else "context"
+            raise ValueError(
+                f"expected rows with {expected} {what} columns for `{name}` (the flow's "
+                f"`{argument}`), got {count}"
+            )
+
+
 def _moments(
     flow: Flow, rows: Rows, world: World, noise: _Dequantizer, batch_size: int
 ) -> tuple[Moments, Moments | None]:
@@ -363,6 +382,7 @@ def fit(
         )
     world = World() if distributed is False else current_world()
     data = as_rows("x", x, context, dtype, device, batch_size, workers)
+    _check_columns(flow, data, "x")
     if data.rows is not None and data.rows < 2:
         raise ValueError(f"too few rows: expected `x` with at least 2 rows, got {data.rows}")
     if checkpoint_every is not None and (
@@ -426,7 +446,14 @@ def fit(
             threshold=1e-3,  # nats per row
             threshold_mode="abs",
         )
-    history, bar = History(), _progress(epochs, progress and world.main)
+    # Streamed epochs can be long: their bar counts batches, not epochs.
+    per_step = not in_memory and steps_per_epoch is not None
+    history = History()
+    bar = _progress(
+        epochs * (steps_per_epoch if per_step else 1),
+        progress and world.main,
+        "batch" if per_step else "epoch",
+    )
     # What must match for a checkpoint to continue this fit.
     options = {
         "rows": train.rows,
@@ -466,6 +493,7 @@ def fit(
         )
     stepper = _Step(log_prob, flow, optimizer, scheduler if schedule == "cosine" else None)
     stepper.clip_grad, stepper.world, stepper.uneven = clip_grad, world, train.uneven
+    stepper.tick = bar.update if per_step else None
     if saved is not None:
         stepper.done = saved["done"]
 
@@ -499,7 +527,7 @@ def fit(
 
     # NaN weights must reach the checks as a NaN loss, not as torch's support error.
     with _unvalidated(), contextlib.closing(bar):
-        bar.update(first)
+        bar.update(first * steps_per_epoch + first_step if per_step else first)
         for epoch in range(first, 0 if finished else epochs):
             rng = (generator.get_state(), noisy.generator.get_state())
             if epoch > first or first_step == 0:
@@ -546,7 +574,8 @@ def fit(
             if held is not None:
                 postfix["valid"] = f"{history.valid[-1]:.3f}"
             bar.set_postfix(postfix)
-            bar.update()
+            if not per_step:
+                bar.update()
             stop = any([bool(callback(epoch, history, flow)) for callback in callbacks])
             stop = world.any(stop) if world.active else stop
             waited = epoch - history.best_epoch
@@ -628,6 +657,7 @@ class _Step:
         )
         self.clip_grad: float | None = None
         self.world, self.uneven, self.done = World(), False, 0
+        self.tick: Callable[[], object] | None = None  # after each step (a progress bar)
 
     def _loss(self, x: Tensor, c: Tensor | None) -> tuple[Tensor, float, int]:
         """The loss to differentiate, the batch's average log-likelihood, its global rows."""
@@ -687,6 +717,8 @@ class _Step:
                 total += value * rows
                 seen += rows
                 self.done += 1
+                if self.tick is not None:
+                    self.tick()
                 if after_step is not None:
                     after_step(step, total, seen)
         finally:
@@ -721,9 +753,9 @@ class _NoBar:
         pass
 
 
-def _progress(total: int, enabled: bool) -> object:
+def _progress(total: int, enabled: bool, unit: str = "epoch") -> object:
     if not enabled or not sys.stderr.isatty():
         return _NoBar()
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc="fit", unit="epoch")
+    return tqdm(total=total, desc="fit", unit=unit)

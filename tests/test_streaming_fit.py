@@ -125,6 +125,9 @@ class Dicts(Dataset):
          ValueError, "validation rows with 2 data"),
         (TensorDataset(torch.zeros(10, 2)), {"workers": -1}, ValueError, "workers >= 0"),
         ("rows.csv", {}, TypeError, "parquet"),
+        (TensorDataset(torch.zeros(10, 3)), {}, ValueError, "with 2 data columns.*got 3"),
+        (TensorDataset(torch.zeros(10, 2), torch.zeros(10, 1)), {}, ValueError,
+         "0 context columns.*`context`.*got 1"),
     ],
 )  # fmt: skip
 def test_bad_streamed_input_is_refused_clearly(source, kwargs, error, match):
