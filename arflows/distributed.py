@@ -20,6 +20,7 @@ from __future__ import annotations
 __all__ = ["World", "current_world", "init_from_env", "shutdown"]
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -71,6 +72,25 @@ class World:
         out = values.detach().to(self.device, torch.float64)
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
         return out.to(values.device, values.dtype)
+
+    def start_sum(self, values: Tensor) -> Callable[[], Tensor]:
+        """Starts summing ``values`` over all processes; the function returned waits for it.
+
+        The sum runs in the background (e.g. during a backward pass); every process must
+        start it at the same point, and call the function before its next collective
+        operation that depends on the result.
+        """
+        if not self.active:
+            done = values.clone()
+            return lambda: done
+        out = values.detach().to(self.device, torch.float64)
+        work = dist.all_reduce(out, op=dist.ReduceOp.SUM, async_op=True)
+
+        def finish() -> Tensor:
+            work.wait()
+            return out.to(values.device, values.dtype)
+
+        return finish
 
     def any(self, flag: bool) -> bool:
         """Whether ``flag`` is true on at least one process."""

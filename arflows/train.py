@@ -14,6 +14,7 @@ __all__ = ["History", "fit"]
 
 import contextlib
 import copy
+import inspect
 import itertools
 import math
 import numbers
@@ -36,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 from .checkpoint import read_checkpoint, write_checkpoint
 from .dequantize import dequantize as uniform_dequantize
 from .distributed import World, current_world
-from .flows import Flow, Moments
+from .flows import BatchNorm, Flow, Moments
 from .parquet import ParquetStream
 from .rows import Rows, TensorRows, as_rows, as_tensor, is_fraction
 
@@ -488,12 +489,12 @@ def fit(
     if world.active:
         _check_same_everywhere(world, train, options, steps_per_epoch)
         _initialize_from_data(flow, train, batch_size, generator)
-        log_prob = DistributedDataParallel(
-            log_prob, device_ids=None if device.type != "cuda" else [device]
-        )
+        log_prob = _data_parallel(log_prob, flow, device)
     stepper = _Step(log_prob, flow, optimizer, scheduler if schedule == "cosine" else None)
     stepper.clip_grad, stepper.world, stepper.uneven = clip_grad, world, train.uneven
     stepper.tick = bar.update if per_step else None
+    if not train.uneven:
+        stepper.global_rows = lambda step: min(batch_size, train.rows - step * batch_size)
     if saved is not None:
         stepper.done = saved["done"]
 
@@ -596,6 +597,21 @@ def fit(
     return history
 
 
+def _data_parallel(module: nn.Module, flow: Flow, device: torch.device) -> nn.Module:
+    """``module`` in DistributedDataParallel, syncing buffers at each step only if needed."""
+    # Buffers (masks, degrees, standardisation) are rank 0's everywhere from the start; only
+    # batch normalisation's running averages change, and need rank 0's at every step.
+    changing = any(
+        isinstance(m, BatchNorm | nn.modules.batchnorm._BatchNorm) for m in flow.modules()
+    )
+    sync = "broadcast_buffers"  # torch < 2.13; later ones call it forward_sync_buffers
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters:
+        sync = "forward_sync_buffers"
+    return DistributedDataParallel(
+        module, device_ids=None if device.type != "cuda" else [device], **{sync: changing}
+    )
+
+
 @torch.no_grad()
 def _initialize_from_data(
     flow: Flow, train: Rows, batch_size: int, generator: torch.Generator
@@ -658,17 +674,35 @@ class _Step:
         self.clip_grad: float | None = None
         self.world, self.uneven, self.done = World(), False, 0
         self.tick: Callable[[], object] | None = None  # after each step (a progress bar)
+        # The rows of global batch `step` (all processes), when they are known in advance.
+        self.global_rows: Callable[[int], int] | None = None
 
-    def _loss(self, x: Tensor, c: Tensor | None) -> tuple[Tensor, float, int]:
-        """The loss to differentiate, the batch's average log-likelihood, its global rows."""
+    def _loss(
+        self, x: Tensor, c: Tensor | None, step: int
+    ) -> tuple[Tensor, Callable[[], tuple[float, int]]]:
+        """The loss to differentiate, and a function that gives the batch's results.
+
+        The function returns the average log-likelihood and the rows of the whole global
+        batch (over all processes), waiting for the sum if it is still running.
+        """
         lp = self.log_prob(x, c)
         if not self.world.active:
             loss = -lp.mean()
-            return loss, -loss.item(), len(x)
-        # Gradients are averaged over processes: weigh this part by its share of the batch.
-        sums = self.world.sum(torch.stack([lp.detach().sum(), lp.new_tensor(len(x))]))
-        rows = int(sums[1].item())
-        return -lp.sum() * (self.world.size / rows), sums[0].item() / rows, rows
+            value = -loss.item()
+            return loss, lambda: (value, len(x))
+        # Summed while the backward pass runs; read before the step.
+        finish = self.world.start_sum(torch.stack([lp.detach().sum(), lp.new_tensor(len(x))]))
+        if self.global_rows is None:  # each process's own rows: DDP averages their means
+            loss = -lp.mean()
+        else:  # a share of a global batch: weigh it so that the average is the whole's mean
+            loss = -lp.sum() * (self.world.size / self.global_rows(step))
+
+        def result() -> tuple[float, int]:
+            sums = finish()
+            rows = int(sums[1].item())
+            return sums[0].item() / rows, rows
+
+        return loss, result
 
     def epoch(
         self,
@@ -701,11 +735,26 @@ class _Step:
                 if batch is None:
                     break
                 x, c = batch
-                loss, value, rows = self._loss(x.to(device), None if c is None else c.to(device))
-                if not math.isfinite(value):
-                    return total, seen, f"the loss became {-value} at epoch {epoch}, step {step}"
+                loss, result = self._loss(x.to(device), None if c is None else c.to(device), step)
+                if not world.active:
+                    value, rows = result()
+                    if not math.isfinite(value):
+                        return (
+                            total,
+                            seen,
+                            f"the loss became {-value} at epoch {epoch}, step {step}",
+                        )
                 self.optimizer.zero_grad()
                 loss.backward()
+                if world.active:
+                    # Every process sees the same sums, so all stop here together.
+                    value, rows = result()
+                    if not math.isfinite(value):
+                        return (
+                            total,
+                            seen,
+                            f"the loss became {-value} at epoch {epoch}, step {step}",
+                        )
                 if self.clip_grad is not None:
                     norm = torch.nn.utils.clip_grad_norm_(flow.parameters(), self.clip_grad)
                     if not torch.isfinite(norm):
