@@ -121,7 +121,7 @@ def _average_log_prob(
 ) -> float:
     """The average log-likelihood of ``rows`` over all processes; ``noise``: (columns, seed)."""
     device = next(flow.parameters()).device
-    noisy = None if noise is None else _Dequantizer(*noise[:1], torch.device("cpu"), noise[1])
+    noisy = None if noise is None else _Dequantizer(noise[0], torch.device("cpu"), noise[1])
     total = torch.zeros(2, dtype=torch.float64)
     for x, c in rows.batches(batch_size, world, noise=noisy):
         lp = flow(None if c is None else c.to(device)).log_prob(x.to(device))
