@@ -90,10 +90,12 @@ def write_checkpoint(path: str | os.PathLike, state: dict) -> Path:
         The checkpoint file's path.
 
     Raises:
-        TypeError: For a value of another type.
+        TypeError: For a ``state`` that is not a dict, or a value of another type.
     """
     from safetensors.torch import save
 
+    if not isinstance(state, dict):  # read_checkpoint returns a dict, and refuses all else
+        raise TypeError(f"expected `state` to be a dict, got {type(state).__name__}")
     tensors: dict[str, Tensor] = {}
     header = {"format": _FORMAT, "version": _VERSION, "state": _encode(state, tensors)}
     data = save(tensors, metadata={"arflows": json.dumps(header, allow_nan=False)})
@@ -130,7 +132,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
 
     Raises:
         FileNotFoundError: If there is no file at ``path``.
-        CheckpointError: If the file is not an arflows checkpoint of this version.
+        CheckpointError: If the file is not an arflows checkpoint of this version, or is
+            damaged (truncated, or a header that does not decode).
     """
     from safetensors import SafetensorError, safe_open
 
@@ -145,11 +148,22 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"cannot read the checkpoint {path}: {error}") from None
     try:
         header = json.loads(metadata["arflows"])
-    except (KeyError, ValueError):
+    except (KeyError, ValueError, RecursionError):
         raise CheckpointError(f"{path} is not an arflows checkpoint") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path} is not an arflows checkpoint (its header is no object)")
     if header.get("format") != _FORMAT or header.get("version") != _VERSION:
         raise CheckpointError(
             f"{path} is a checkpoint of format {header.get('format')!r} version "
             f"{header.get('version')!r}; expected {_FORMAT!r} version {_VERSION}"
         )
-    return _decode(header["state"], tensors)
+    # The header is data from the file: any structure other than _encode's is damage.
+    try:
+        state = _decode(header["state"], tensors)
+    except (KeyError, TypeError, ValueError, RecursionError) as error:
+        raise CheckpointError(
+            f"{path}: damaged checkpoint state ({type(error).__name__}: {error})"
+        ) from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: damaged checkpoint state (not a dict)")
+    return state

@@ -550,9 +550,23 @@ def read_table(
             f"{path}: no numeric data columns (columns: {', '.join(available) or 'none'})"
         )
     x = _values(frame, names, path)
+    c = _tensor(_values(frame, context, path), context, path) if context else None
+    return Table(_tensor(x, names, path), c, names, context, _integer_columns(x))
+
+
+def _tensor(values: np.ndarray, names: list[str], path: Path) -> Tensor:
+    """Finite float64 values in torch's default dtype, refusing those it cannot hold."""
     dtype = torch.get_default_dtype()
-    c = torch.as_tensor(_values(frame, context, path), dtype=dtype) if context else None
-    return Table(torch.as_tensor(x, dtype=dtype), c, names, context, _integer_columns(x))
+    tensor = torch.as_tensor(values, dtype=dtype)
+    bad = ~torch.isfinite(tensor)
+    if bad.any():  # finite in float64, beyond the range of float32 (or float16)
+        i, j = (int(k) for k in bad.nonzero()[0])
+        line = f" (line {i + 2} of the file)" if path.suffix.lower() == ".csv" else ""
+        raise DataError(
+            f"{path}: column {names[j]!r} holds {values[i, j]:g} at row {i + 1}{line}, too "
+            f"large for {str(dtype).removeprefix('torch.')}; rescale the column"
+        )
+    return tensor
 
 
 def write_table(

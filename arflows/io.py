@@ -34,7 +34,7 @@ import math
 import os
 import shutil
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from . import flows as _flows
 from . import transforms as _transforms
 from .flows import Flow
+from .nn import MADE
 
 FORMAT = "arflows-model"
 FORMAT_VERSION = 1
@@ -163,9 +164,10 @@ def _dtype(flow: Flow) -> str:
 def _names(value: Sequence[str] | None, argument: str, size: object) -> list[str] | None:
     if value is None:
         return None
-    if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+    names = list(value) if isinstance(value, Iterable) and not isinstance(value, str) else None
+    if names is None or not all(isinstance(v, str) for v in names):
         raise TypeError(f"expected `{argument}` to be a list of strings, got {value!r}")
-    value = list(value)
+    value = names
     if isinstance(size, int) and not isinstance(size, bool) and len(value) != size:
         raise ValueError(f"expected {size} names in `{argument}`, got {len(value)}: {value}")
     return value
@@ -320,7 +322,8 @@ def read_config(directory: str | os.PathLike) -> dict:
         raise ModelError(f"cannot load a model from {path}: it {what}")
     try:
         with open(path / CONFIG, encoding="utf-8") as file:
-            config = json.load(file)
+            # save() writes strict JSON; NaN or Infinity can only come from an edit.
+            config = json.load(file, parse_constant=_no_constant)
     except FileNotFoundError:
         raise ModelError(f"cannot load a model from {path}: no {CONFIG}") from None
     except (OSError, ValueError) as error:
@@ -344,6 +347,67 @@ def read_config(directory: str | os.PathLike) -> dict:
     return config
 
 
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not valid JSON (arflows writes strict JSON)")
+
+
+# Constructor arguments that count something the state dict holds at least one value of per
+# unit: a config claiming more of any of them than the weights file stores values was edited,
+# and building it could take unbounded time and memory before the weights are compared.
+_SIZES = ("features", "context", "transforms", "hidden_features", "bins", "components", "orders")
+
+
+def _check_sizes(arguments: dict, stored: int, where: Path) -> None:
+    def ints(value: object) -> list[int]:
+        if isinstance(value, list):
+            return [i for v in value for i in ints(v)]
+        return [value] if isinstance(value, int) and not isinstance(value, bool) else []
+
+    for name in (*_SIZES, "args"):  # `args`: IAF's positional hidden widths
+        big = [v for v in ints(arguments.get(name)) if v > stored]
+        if big:
+            raise ModelError(
+                f"{where}: argument `{name}` = {arguments[name]!r} does not fit the weights "
+                f"file, which holds {stored} values in all (was the config edited?)"
+            )
+
+
+def _check_state(state: dict[str, Tensor], flow: Flow, where: Path) -> None:
+    """Refuses weights that load without error but are not a saved flow's (as save refuses)."""
+    own = flow.state_dict()
+    parameters = {name for name, _ in flow.named_parameters()}
+    for key, value in state.items():
+        if key in own and value.is_floating_point() != own[key].is_floating_point():
+            raise ModelError(
+                f"{where}: tensor {key!r} is {value.dtype} but the flow's is {own[key].dtype} "
+                "(not weights saved by arflows)"
+            )
+        ok = value.isfinite() if key in parameters else ~value.isnan()
+        if value.is_floating_point() and not bool(ok.all()):
+            raise ModelError(f"{where}: tensor {key!r} holds NaN or infinity")
+
+
+def _check_loaded(flow: Flow, config: dict, where: Path) -> None:
+    """Checks what the strict state dict load cannot: sizes taken from the file, names."""
+    arguments = config["arguments"]
+    for attribute, size, names in (
+        ("standardization", arguments.get("features"), "columns"),
+        ("context_standardization", arguments.get("context", 0), "context_columns"),
+    ):
+        # The standardisation's buffers take their size from the file (0: not set).
+        n = getattr(flow, attribute).loc.numel()
+        if isinstance(size, int) and n not in (0, size):
+            raise ModelError(
+                f"{where / WEIGHTS}: the stored {attribute} has {n} columns, the flow {size}"
+            )
+        try:
+            _names(config.get(names), names, size)
+        except (TypeError, ValueError) as error:
+            raise ModelError(f"{where / CONFIG}: {error}") from None
+    if not isinstance(config.get("metadata") or {}, dict):
+        raise ModelError(f"{where / CONFIG}: expected 'metadata' to be a dict")
+
+
 def _flow_class(name: str, where: Path) -> type[Flow]:
     cls = getattr(_flows, name, None) if not name.startswith("_") else None
     if not (isinstance(cls, type) and issubclass(cls, Flow) and cls is not Flow):
@@ -354,6 +418,13 @@ def _flow_class(name: str, where: Path) -> type[Flow]:
         )
         raise ModelError(f"{where}: unknown flow {name!r}; expected one of {', '.join(known)}")
     return cls
+
+
+def _describe(error: BaseException) -> str:
+    """An error's message, prefixed with its type when that is unusual (an AttributeError)."""
+    if isinstance(error, TypeError | ValueError | RuntimeError):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
 
 
 def _build(cls: type[Flow], arguments: dict) -> Flow:
@@ -393,14 +464,6 @@ def load(directory: str | os.PathLike) -> Flow:
     config = read_config(path)
     cls = _flow_class(config["flow"], path / CONFIG)
     arguments = _decode(config["arguments"], str(path / CONFIG))
-    try:
-        # Building draws throwaway initial weights; keep the caller's random stream as it was.
-        with torch.random.fork_rng(devices=[]):
-            flow = _build(cls, arguments)
-    except (TypeError, ValueError) as error:
-        raise ModelError(
-            f"{path / CONFIG}: the arguments do not fit {cls.__name__}: {error}"
-        ) from None
     if not (path / WEIGHTS).is_file():
         raise ModelError(f"cannot load a model from {path}: no {WEIGHTS}")
     try:
@@ -409,14 +472,30 @@ def load(directory: str | os.PathLike) -> Flow:
         raise ModelError(
             f"cannot read {path / WEIGHTS}: not a safetensors file ({error})"
         ) from None
+    # Before building: the sizes in the config must be possible for the weights file.
+    _check_sizes(config["arguments"], sum(t.numel() for t in state.values()), path / CONFIG)
+    try:
+        # Building draws throwaway initial weights; keep the caller's random stream as it was.
+        with torch.random.fork_rng(devices=[]):
+            flow = _build(cls, arguments)
+    except Exception as error:  # any failure: the config does not fit
+        raise ModelError(
+            f"{path / CONFIG}: the arguments do not fit {cls.__name__}: {_describe(error)}"
+        ) from None
     flow = flow.to(getattr(torch, config["dtype"]))
+    _check_state(state, flow, path / WEIGHTS)
     try:
         flow.load_state_dict(state, strict=True)
-    except (RuntimeError, ValueError, KeyError) as error:
+        # Degrees and masks are buffers: the file could make the networks non-autoregressive.
+        for module in flow.modules():
+            if isinstance(module, MADE):
+                module.check_structure()
+    except Exception as error:  # any failure: the weights do not fit
         raise ModelError(
             f"the weights in {path / WEIGHTS} do not fit the {cls.__name__} rebuilt from "
-            f"{CONFIG} (was the config edited?): {error}"
+            f"{CONFIG} (was the config edited?): {_describe(error)}"
         ) from None
+    _check_loaded(flow, config, path)
     flow.columns = config.get("columns")
     flow.context_columns = config.get("context_columns")
     flow.metadata = config.get("metadata") or {}

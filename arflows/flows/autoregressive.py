@@ -12,7 +12,13 @@ import torch
 from torch import LongTensor, Tensor, nn
 
 from ..nn import MADE, made_sweep
-from ..transforms import AutoregressiveTransform, MonotonicAffineTransform, Transform
+from ..nn.made import check_int
+from ..transforms import (
+    AutoregressiveTransform,
+    MonotonicAffineTransform,
+    Transform,
+    support_bounds,
+)
 from .bases import StandardNormal
 from .lazy import Flow, LazyInverse, LazyTransform, check_sizes
 from .linear import LULinear
@@ -20,6 +26,19 @@ from .mixture import MADEMoG
 from .normalization import ActNorm, BatchNorm
 
 _INVERSES = ("sweep", "passes")
+
+
+def check_univariate(univariate: object) -> None:
+    """Refuses a ``univariate`` that is not a Transform class declaring ``param_shapes``."""
+    if not (
+        isinstance(univariate, type)
+        and issubclass(univariate, Transform)
+        and callable(getattr(univariate, "param_shapes", None))
+    ):
+        raise TypeError(
+            "expected `univariate` to be a Transform class with a `param_shapes` method (such "
+            f"as MonotonicAffineTransform or MonotonicRQSTransform), got {univariate!r}"
+        )
 
 
 def univariate_map(
@@ -89,6 +108,9 @@ class MaskedAutoregressiveTransform(LazyTransform):
         super().__init__()
         if inverse not in _INVERSES:
             raise ValueError(f"expected `inverse` in {_INVERSES}, got {inverse!r}")
+        if passes is not None:
+            check_int("passes", passes, 1)
+        check_univariate(univariate)
         self.inverse = inverse
         self.univariate = univariate
         self.univariate_kwargs = dict(univariate_kwargs or {})
@@ -233,14 +255,21 @@ class MAF(Flow):
         **kwargs,
     ):
         check_sizes(features, context, hidden_features)
-        if transforms < 1:
-            raise ValueError(f"expected `transforms >= 1`, got {transforms}")
+        check_int("transforms", transforms, 1)
+        if "order" in kwargs:
+            # Each layer gets its own order; a shared `order=` would clash with them.
+            raise TypeError(
+                f"{type(self).__name__} sets the order of each layer itself (alternating, or "
+                "random with randperm=True); it takes no `order` argument"
+            )
         if base not in _BASES:
             raise ValueError(f"expected `base` in {_BASES}, got {base!r}")
         if linear not in _LINEARS:
             raise ValueError(f"expected `linear` in {_LINEARS}, got {linear!r}")
         if batch_norm and actnorm:
             raise ValueError("expected at most one of `batch_norm` and `actnorm`, got both")
+        if support is not None:
+            support_bounds(support, features)  # one entry per feature, checked before any layer
         # Drawn lazily: each layer's order just before its MADE, as the random stream expects.
         orders = _orders(features, transforms + (base == "mog"), randperm, generator)
         layers = []

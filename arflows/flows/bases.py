@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, Independent, Normal
 
+from ..nn.made import check_int
 from .lazy import LazyDistribution
 
 
@@ -28,8 +29,7 @@ class StandardNormal(LazyDistribution):
 
     def __init__(self, features: int):
         super().__init__()
-        if features < 1:
-            raise ValueError(f"expected `features >= 1`, got {features}")
+        check_int("features", features, 1)
         self.register_buffer("loc", torch.zeros(features))
         self.register_buffer("scale", torch.ones(features))
 

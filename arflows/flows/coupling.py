@@ -17,10 +17,10 @@ import torch
 from torch import BoolTensor, Tensor, nn
 
 from ..nn import DenseNN
-from ..nn.made import split_params
-from ..transforms import CouplingTransform, MonotonicAffineTransform, Transform
+from ..nn.made import check_int, split_params
+from ..transforms import CouplingTransform, MonotonicAffineTransform, Transform, support_bounds
 from ..transforms.coupling import check_coupling_mask
-from .autoregressive import univariate_map
+from .autoregressive import check_univariate, univariate_map
 from .bases import StandardNormal
 from .lazy import Flow, LazyTransform, Unconditional, check_sizes
 
@@ -67,10 +67,8 @@ class MaskedCouplingTransform(LazyTransform):
         activation: Callable[[], nn.Module] = nn.ReLU,
     ):
         super().__init__()
-        if features < 1 or context < 0:
-            raise ValueError(
-                f"expected `features >= 1` and `context >= 0`, got {features} and {context}"
-            )
+        check_sizes(features, context, hidden_features)
+        check_univariate(univariate)
         if mask is None:
             mask = torch.arange(features) >= features // 2
         mask = torch.as_tensor(mask)
@@ -168,9 +166,8 @@ def coupling_layers(
         >>> [t.mask.int().tolist() for t in coupling_layers(3, transforms=3)]
         [[0, 1, 1], [1, 0, 0], [0, 1, 1]]
     """
-    if transforms < 1:
-        raise ValueError(f"expected `transforms >= 1`, got {transforms}")
-    check_sizes(features, context)
+    check_int("transforms", transforms, 1)
+    check_sizes(features, context, kwargs.get("hidden_features", ()))
     return [
         MaskedCouplingTransform(features, context, mask=mask, **kwargs)
         for mask in _masks(features, transforms, randperm, generator)
@@ -232,6 +229,8 @@ class RealNVP(Flow):
         support: Sequence | None = None,
         **kwargs,
     ):
+        if support is not None:
+            support_bounds(support, features)  # one entry per feature, checked before any layer
         layers = coupling_layers(
             features,
             context,

@@ -17,6 +17,7 @@ __all__ = [
 
 import abc
 import inspect
+import itertools
 import numbers
 from collections.abc import Callable, Sequence
 
@@ -113,6 +114,57 @@ class Unconditional(LazyTransform):
         return getattr(self.meta, "__name__", repr(self.meta))
 
 
+def checked_values(
+    name: str, value: object, dtype: torch.dtype | None, bounded: Tensor | None = None
+) -> Tensor:
+    r"""``value`` as a real tensor of ``dtype`` (the flow's), or a clear error.
+
+    Integer and boolean tensors are converted; anything else that is not a tensor of
+    ``dtype`` is refused (torch would fail deep inside a layer instead). While torch's
+    distribution validation is on (its default; :func:`arflows.fit` turns it off after its
+    own checks), NaN is refused, and so is an infinity, except in columns where ``bounded``
+    is true: those have a finite support bound, so an infinity lies outside the support and
+    gets log-density :math:`-\infty`. Unchecked, NaN or infinity comes out as a NaN
+    log-density or as torch's complaint about the base distribution's argument.
+
+    Args:
+        name: The argument's name, for errors (``"x"``, ``"context"``).
+        value: The value.
+        dtype: The flow's floating point type, or ``None`` for torch's default (then any
+            floating type passes).
+        bounded: Which columns (last dimension) may hold infinities, or ``None`` for none.
+    """
+    if not isinstance(value, Tensor):
+        raise TypeError(
+            f"expected `{name}` to be a tensor, got a {type(value).__name__}; convert it with "
+            "torch.as_tensor(...)"
+        )
+    if value.is_complex():
+        raise TypeError(f"expected `{name}` to hold real numbers, got dtype {value.dtype}")
+    if not value.is_floating_point():
+        value = value.to(dtype or torch.get_default_dtype())
+    elif dtype is not None and value.dtype != dtype:
+        raise TypeError(
+            f"expected `{name}` of dtype {dtype} (the flow's), got {value.dtype}; convert it "
+            f"with .to({dtype}) or the flow with .to({value.dtype})"
+        )
+    if Distribution._validate_args and value.numel():
+        bad = value.isnan()
+        if bounded is None:
+            bad = bad | value.isinf()
+        else:
+            bad = bad | (value.isinf() & ~bounded.to(value.device))
+        if bool(bad.any()):
+            where = tuple(int(i) for i in bad.nonzero()[0])
+            what = value[where].item()
+            hint = "" if bounded is None else " (infinities only in columns with a support bound)"
+            raise ValueError(
+                f"`{name}` holds {'NaN' if what != what else what} at index {where}; a flow "
+                f"needs finite values{hint}"
+            )
+    return value
+
+
 class NormalizingFlow(Distribution):
     r"""The distribution of :math:`x = f^{-1}(z)`, :math:`z \sim p_Z`.
 
@@ -121,13 +173,25 @@ class NormalizingFlow(Distribution):
     Args:
         transform: The transform :math:`f`, data to noise.
         base: The base distribution :math:`p_Z`; its batch and event shapes are the flow's.
+        dtype: The flow's floating point type: :meth:`log_prob` converts integer data to
+            it and refuses other floating types (see :func:`checked_values`).
+        bounded: The columns with a finite support bound, where :meth:`log_prob` takes
+            infinities (outside the support: :math:`-\infty`), or ``None`` for none.
     """
 
     arg_constraints: dict = {}
     has_rsample = True
 
-    def __init__(self, transform: Transform, base: Distribution):
+    def __init__(
+        self,
+        transform: Transform,
+        base: Distribution,
+        *,
+        dtype: torch.dtype | None = None,
+        bounded: Tensor | None = None,
+    ):
         self.transform, self.base = transform, base
+        self.dtype, self.bounded = dtype, bounded
         super().__init__(base.batch_shape, base.event_shape, validate_args=False)
 
     def _ladj(self, ladj: Tensor) -> Tensor:
@@ -150,10 +214,24 @@ class NormalizingFlow(Distribution):
 
         Returns:
             The log-densities, with shape :math:`(*)`.
+
+        Raises:
+            TypeError: For ``x`` that is not a real tensor of the flow's dtype (integer
+                tensors are converted).
+            ValueError: For the wrong shape, a batch shape that does not broadcast against
+                the context's, or (while torch validates distribution arguments) NaN or an
+                infinity outside a bounded column.
         """
+        x = checked_values("x", x, self.dtype, self.bounded)
         self._check(x)
         n = len(self.event_shape)
-        batch = torch.broadcast_shapes(x.shape[: x.dim() - n], self.batch_shape)
+        try:
+            batch = torch.broadcast_shapes(x.shape[: x.dim() - n], self.batch_shape)
+        except RuntimeError:
+            raise ValueError(
+                f"x with shape {tuple(x.shape)} does not broadcast against the batch shape "
+                f"{tuple(self.batch_shape)} of the distribution (the context's rows)"
+            ) from None
         if batch.numel() == 0:  # torch's reductions refuse some empty reshapes
             return x.new_zeros(batch)
         z, ladj = self.transform.call_and_ladj(x)
@@ -297,16 +375,33 @@ class Flow(LazyDistribution):
         c = self.context_standardization.apply(c)
         return c if self.embedding is None else self.embedding(c)
 
+    def _dtype(self) -> torch.dtype | None:
+        """The floating point type of the flow's first floating parameter or buffer."""
+        tensors = itertools.chain(self.parameters(), self.buffers())  # lazily: the first
+        return next((t.dtype for t in tensors if t.is_floating_point()), None)
+
     def forward(self, c: Tensor | None = None) -> NormalizingFlow:
         r"""The distribution :math:`p(\cdot \mid c)`.
 
         Args:
-            c: The context, with shape :math:`(*, C)`, or ``None`` for unconditional flows.
+            c: The context, with shape :math:`(*, C)`, or ``None`` for unconditional flows;
+                integer tensors are converted to the flow's dtype, NaN and infinities are
+                refused while torch validates distribution arguments (see
+                :func:`checked_values`).
         """
+        dtype = self._dtype()
+        if c is not None:
+            c = checked_values("context", c, dtype)
         c = self.context(c)
-        parts = [] if self.support is None else [self.support(c)]
+        parts, bounded = [], None
+        if self.support is not None:
+            support = self.support(c)
+            parts.append(support)
+            bounded = support.lower.isfinite() | support.upper.isfinite()
         standardize = self.standardization.transform()
         if standardize is not None:
             parts.append(standardize)
         parts.extend(t(c) for t in self.transforms)
-        return NormalizingFlow(ComposedTransform(*parts), self.base(c))
+        return NormalizingFlow(
+            ComposedTransform(*parts), self.base(c), dtype=dtype, bounded=bounded
+        )

@@ -7,6 +7,7 @@ __all__ = ["LULinear"]
 import torch
 from torch import Tensor, nn
 
+from ..nn.made import check_int
 from ..transforms.linear import LULinearTransform
 from .lazy import LazyTransform
 
@@ -37,8 +38,7 @@ class LULinear(LazyTransform):
         self, features: int, *, randperm: bool = False, generator: torch.Generator | None = None
     ):
         super().__init__()
-        if features < 1:
-            raise ValueError(f"expected `features >= 1`, got {features}")
+        check_int("features", features, 1)
         self.lower = nn.Parameter(torch.zeros(features, features))
         self.upper = nn.Parameter(torch.zeros(features, features))
         self.log_diag = nn.Parameter(torch.zeros(features))

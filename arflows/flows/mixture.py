@@ -12,6 +12,7 @@ from __future__ import annotations
 __all__ = ["AutoregressiveMoG", "MADEMoG", "MADEMoGFlow", "mixture_quantile"]
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -20,9 +21,9 @@ from torch.distributions import Distribution
 from torch.special import log_ndtr
 
 from ..nn import MADE, made_sweep
-from ..transforms import PermutationTransform
+from ..transforms import PermutationTransform, support_bounds
 from ..transforms.univariate import soft_clip
-from .lazy import Flow, LazyDistribution, Unconditional
+from .lazy import Flow, LazyDistribution, Unconditional, check_sizes
 
 _LOG_SQRT_2PI = 0.5 * torch.log(torch.tensor(2 * torch.pi)).item()
 
@@ -217,8 +218,11 @@ class MADEMoG(LazyDistribution):
         **kwargs,
     ):
         super().__init__()
-        if bound <= 0:
-            raise ValueError(f"expected `bound > 0`, got {bound}")
+        check_sizes(features, context, hidden_features)
+        if isinstance(bound, bool) or not isinstance(bound, numbers.Real):
+            raise TypeError(f"expected `bound` to be a number > 0, got {bound!r}")
+        if not 0 < bound < math.inf:  # an infinite bound turns the soft clip into NaN
+            raise ValueError(f"expected a finite `bound > 0`, got {bound}")
         if isinstance(components, bool) or not isinstance(components, int) or components < 1:
             raise ValueError(f"expected an int `components >= 1`, got {components!r}")
         self.components, self.bound = components, bound
@@ -265,6 +269,8 @@ class MADEMoGFlow(Flow):
         support: Sequence | None = None,
         **kwargs,
     ):
+        if support is not None:
+            support_bounds(support, features)  # one entry per feature, checked before any layer
         base = MADEMoG(features, context, components, hidden_features, **kwargs)
         # Flow composes at least one transform: the identity permutation costs one gather.
         identity = Unconditional(PermutationTransform, torch.arange(features))

@@ -7,6 +7,7 @@ __all__ = ["ActNorm", "BatchNorm"]
 import torch
 from torch import Tensor, nn
 
+from ..nn.made import check_int
 from ..transforms.normalization import ActNormTransform, BatchNormTransform, batch_moments
 from .lazy import LazyTransform
 
@@ -42,8 +43,7 @@ class BatchNorm(LazyTransform):
 
     def __init__(self, features: int, *, momentum: float = 0.1, eps: float = 1e-5):
         super().__init__()
-        if features < 1:
-            raise ValueError(f"expected `features >= 1`, got {features}")
+        check_int("features", features, 1)
         if not 0 < momentum <= 1:
             raise ValueError(f"expected `momentum` in (0, 1], got {momentum}")
         if eps < 0:
@@ -102,8 +102,7 @@ class ActNorm(LazyTransform):
 
     def __init__(self, features: int):
         super().__init__()
-        if features < 1:
-            raise ValueError(f"expected `features >= 1`, got {features}")
+        check_int("features", features, 1)
         self.loc = nn.Parameter(torch.zeros(features))
         self.log_scale = nn.Parameter(torch.zeros(features))
         self.register_buffer("initialized", torch.tensor(False))

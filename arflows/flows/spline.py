@@ -6,7 +6,7 @@ __all__ = ["NSF"]
 
 from collections.abc import Sequence
 
-from ..transforms import MonotonicRQSTransform
+from ..transforms import MonotonicRQSTransform, support_bounds
 from .autoregressive import MAF
 from .bases import StandardNormal
 from .coupling import coupling_layers
@@ -66,8 +66,8 @@ class NSF(MAF):
         coupling: bool = False,
         **kwargs,
     ):
-        if not bound > 0:
-            raise ValueError(f"expected `bound > 0`, got {bound}")
+        # A clear error for bad `bins` or `bound` before any network is built.
+        MonotonicRQSTransform.param_shapes(bins=bins, bound=bound)
         spline = dict(
             univariate=MonotonicRQSTransform, univariate_kwargs=dict(bins=bins, bound=bound)
         )
@@ -77,6 +77,8 @@ class NSF(MAF):
         # Coupling skips MAF's constructor (MADE layers) and builds the flow directly.
         embedding = kwargs.pop("embedding", None)
         support = kwargs.pop("support", None)
+        if support is not None:
+            support_bounds(support, features)  # one entry per feature, checked before any layer
         layers = coupling_layers(
             features, context, transforms, hidden_features=hidden_features, **spline, **kwargs
         )

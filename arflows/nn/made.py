@@ -73,7 +73,7 @@ class MaskedLinear(nn.Linear):
             what = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
             raise ValueError(f"expected `mask` to be a non-empty 2-D tensor (O, I), got {what}")
         if mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):
-            raise ValueError("expected `mask` to hold booleans (or only 0 and 1), got other values")
+            raise ValueError("expected `mask` to hold booleans (or only 0 and 1), got others")
         out_features, in_features = mask.shape
         super().__init__(in_features, out_features, bias=bias)
         self.register_buffer("mask", mask.bool())
@@ -274,7 +274,6 @@ class MADE(nn.Module):
         # a state dict may replace those, so it clears them.
         self._plans: dict[tuple[int, tuple[int, ...], torch.device], _BlockPlans] = {}
         self.register_load_state_dict_post_hook(_clear_plans)
-        self.register_load_state_dict_post_hook(_check_loaded_structure)
         if orders > 1:
             self.register_load_state_dict_post_hook(_restore_mask_set)
 
@@ -368,6 +367,54 @@ class MADE(nn.Module):
                 f"features: the outputs of features {blind} cannot see any earlier feature; "
                 f"use hidden widths of at least {self.features}"
             )
+
+    def check_structure(self) -> None:
+        """Checks that the degrees and masks (buffers) still make an autoregressive network.
+
+        A foreign or edited state dict can replace them with values of the right shapes but no
+        autoregressive meaning: outputs that read the inputs they model give wrong densities
+        without any error. :func:`arflows.load` calls this after loading the weights.
+
+        Raises:
+            ValueError: If the input degrees of a mask set are not a permutation of
+                :math:`1..D`, hidden degrees are not sorted (the one-sweep inverse and the block
+                products rely on it), the active set's index is out of range, or (with one set)
+                the masks are not those of the degrees (with several, loading rebuilds them).
+        """
+        expected = torch.arange(1, self.features + 1, device=self.input_degrees.device)
+        if self.orders == 1:
+            sets = [(self.input_degrees, self.degrees)]
+        else:
+            index = int(self.mask_sets_index)
+            if not 0 <= index < self.orders:
+                raise ValueError(
+                    f"the active mask set index {index} is not in 0..{self.orders - 1}"
+                )
+            hidden = [getattr(self, f"degrees_{j}_sets") for j in range(len(self.hidden_features))]
+            sets = [
+                (self.input_degrees_sets[k], [h[k] for h in hidden]) for k in range(self.orders)
+            ]
+        for in_deg, degrees in sets:
+            if not torch.equal(in_deg.sort().values, expected):
+                raise ValueError(
+                    f"the input degrees {in_deg.tolist()} are not a permutation of "
+                    f"1..{self.features}: not the state of an autoregressive network"
+                )
+            if any(bool((deg[1:] < deg[:-1]).any()) for deg in degrees):
+                raise ValueError("the hidden degrees are not sorted")
+        if self.orders == 1:
+            in_deg, degrees = sets[0]
+            out_deg = in_deg.repeat_interleave(sum(self.param_dims))
+            targets = [*degrees, out_deg]
+            layers = list(zip(self.layers, [in_deg, *degrees], targets, strict=True))
+            if self.skip_layer is not None:
+                layers.append((self.skip_layer, in_deg, out_deg))
+            for layer, a, b in layers:
+                if not torch.equal(layer.mask, mask(a, b, strict=b is out_deg)):
+                    raise ValueError(
+                        "the masks do not match the degrees: the network would not "
+                        "be autoregressive"
+                    )
 
     def context_terms(self, c: Tensor | None) -> list[Tensor | None]:
         r"""The context's contribution to each hidden layer (and the outputs with ``skip``).
@@ -571,50 +618,6 @@ class _BlockPlans:
 
 def _clear_plans(module: nn.Module, incompatible_keys: object) -> None:
     module._plans.clear()
-
-
-def _check_loaded_structure(module: MADE, incompatible_keys: object) -> None:
-    """Refuses loaded degrees and masks that would break the autoregressive structure.
-
-    Degrees and masks are buffers, so a foreign or edited state dict can replace them with
-    values of the right shape but no autoregressive meaning: a network whose outputs read the
-    inputs they model gives wrong densities without any error. The input degrees of every mask
-    set must be a permutation of :math:`1..D`, hidden degrees sorted (the one-sweep inverse and
-    the block products rely on it), and the masks of a single set those of its degrees (with
-    several sets the masks are rebuilt from the degrees after loading).
-    """
-    expected = torch.arange(1, module.features + 1, device=module.input_degrees.device)
-    if module.orders == 1:
-        sets = [(module.input_degrees, module.degrees)]
-    else:
-        index = int(module.mask_sets_index)
-        if not 0 <= index < module.orders:
-            raise ValueError(f"the loaded mask set index {index} is not in 0..{module.orders - 1}")
-        hidden = [getattr(module, f"degrees_{j}_sets") for j in range(len(module.hidden_features))]
-        sets = [
-            (module.input_degrees_sets[k], [h[k] for h in hidden]) for k in range(module.orders)
-        ]
-    for in_deg, degrees in sets:
-        if not torch.equal(in_deg.sort().values, expected):
-            raise ValueError(
-                f"the loaded input degrees {in_deg.tolist()} are not a permutation of "
-                f"1..{module.features}: not the state of an autoregressive network"
-            )
-        if any(bool((deg[1:] < deg[:-1]).any()) for deg in degrees):
-            raise ValueError("the loaded hidden degrees are not sorted")
-    if module.orders == 1:
-        in_deg, degrees = sets[0]
-        out_deg = in_deg.repeat_interleave(sum(module.param_dims))
-        targets = [*degrees, out_deg]
-        layers = list(zip(module.layers, [in_deg, *degrees], targets, strict=True))
-        if module.skip_layer is not None:
-            layers.append((module.skip_layer, in_deg, out_deg))
-        for layer, a, b in layers:
-            if not torch.equal(layer.mask, mask(a, b, strict=b is out_deg)):
-                raise ValueError(
-                    "the loaded masks do not match the loaded degrees: the network would not "
-                    "be autoregressive"
-                )
 
 
 def _restore_mask_set(module: MADE, incompatible_keys: object) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = ["PermutationTransform"]
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -32,18 +33,34 @@ class PermutationTransform(Transform):
 
     def __init__(self, order: Sequence[int] | LongTensor):
         super().__init__()
-        order = torch.as_tensor(order, dtype=torch.long)
+        try:
+            tensor = torch.as_tensor(order)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"expected `order` to be a permutation, got {order!r}") from None
+        if tensor.numel() == 0:
+            raise ValueError(
+                "expected `order` to be a permutation of at least one feature, got []"
+            )
+        # Floats and bools are refused rather than cast: [0.5, 1.0] would become [0, 1].
+        if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
+            raise TypeError(
+                f"expected `order` to hold integers, got {tensor.tolist()} of dtype {tensor.dtype}"
+            )
+        order = tensor.long()
         features = order.numel()
         if order.dim() != 1 or not torch.equal(
             order.sort().values, torch.arange(features, device=order.device)
         ):
-            raise ValueError(f"expected a permutation of 0..{features - 1}, got {order.tolist()}")
+            raise ValueError(
+                f"expected `order` to be a permutation of 0..{features - 1}, got {order.tolist()}"
+            )
         self.order = order
         self.inverse_order = torch.argsort(order)
 
     @classmethod
     def reverse(cls, features: int) -> PermutationTransform:
         """The reversal of ``features`` features."""
+        _check_features(features)
         return cls(torch.arange(features - 1, -1, -1))
 
     @classmethod
@@ -51,6 +68,7 @@ class PermutationTransform(Transform):
         cls, features: int, generator: torch.Generator | None = None
     ) -> PermutationTransform:
         """A uniformly random permutation drawn with ``generator``."""
+        _check_features(features)
         return cls(torch.randperm(features, generator=generator))
 
     def _check(self, x: Tensor) -> None:
@@ -70,3 +88,10 @@ class PermutationTransform(Transform):
 
     def __repr__(self) -> str:
         return f"PermutationTransform({self.order.tolist()})"
+
+
+def _check_features(features: object) -> None:
+    if isinstance(features, bool) or not isinstance(features, numbers.Integral):
+        raise TypeError(f"expected `features` to be an int >= 1, got {features!r}")
+    if features < 1:
+        raise ValueError(f"expected `features >= 1`, got {features}")
