@@ -398,7 +398,17 @@ def _names(names: Sequence[str] | None, prefix: str, n: int) -> list[str]:
 
 
 def _metadata(flow: Flow) -> dict:
-    return getattr(flow, "metadata", None) or {}
+    metadata = getattr(flow, "metadata", None) or {}
+    columns = metadata.get("dequantized_columns", [])
+    features = _dims(flow)[0]
+    if not isinstance(columns, list) or not all(
+        isinstance(j, int) and not isinstance(j, bool) and 0 <= j < features for j in columns
+    ):
+        raise ModelError(
+            f"the model's metadata lists dequantized columns {columns!r}; expected column "
+            f"indices in [0, {features})"
+        )
+    return metadata
 
 
 def _dims(flow: Flow) -> tuple[int, int]:

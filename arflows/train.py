@@ -42,6 +42,11 @@ from .parquet import ParquetStream
 from .rows import Rows, TensorRows, as_rows, as_tensor, is_fraction
 
 Callback = Callable[[int, "History", Flow], "bool | None"]
+# What a checkpoint of fit holds (``seen`` is optional: older checkpoints lack it).
+_CHECKPOINT_KEYS = frozenset(
+    "options seed model optimizer scheduler best best_score history epoch step total done "
+    "finished seconds generator noise_generator".split()
+)
 _SCHEDULES = ("cosine", "plateau", None)
 
 
@@ -396,6 +401,12 @@ def fit(
         raise ValueError("`resume=True` needs a `checkpoint` file to resume from, got None")
     saved = read_checkpoint(checkpoint) if resume and Path(checkpoint).is_file() else None
     if saved is not None:
+        missing = _CHECKPOINT_KEYS - set(saved) if isinstance(saved, dict) else _CHECKPOINT_KEYS
+        if missing:
+            raise ValueError(
+                f"cannot resume from {checkpoint}: not a checkpoint of arflows.fit (it has no "
+                f"{', '.join(sorted(missing))})"
+            )
         seed = saved["seed"]
     elif seed is None:
         seed = int(world.gather(int(torch.randint(2**62, ()).item()))[0])
@@ -472,19 +483,26 @@ def fit(
                 f"cannot resume from {checkpoint}: it was written by a fit with {saved['options']}"
                 f", this one has {options}"
             )
-        flow.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(saved["scheduler"])
-        best, best_score = saved["best"], saved["best_score"]
-        for name, value in saved["history"].items():
-            setattr(history, name, value)
-        first, first_step, first_total = saved["epoch"], saved["step"], saved["total"]
-        first_seen = saved.get("seen", first_step * batch_size)
-        finished, seconds = saved["finished"], saved["seconds"]
-        # The RNG states at the start of epoch `first`: its noise and order are redrawn.
-        generator.set_state(saved["generator"])
-        noisy.generator.set_state(saved["noise_generator"].to(noisy.generator.device))
+        try:
+            flow.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            if scheduler is not None:
+                scheduler.load_state_dict(saved["scheduler"])
+            best, best_score = saved["best"], saved["best_score"]
+            for name, value in saved["history"].items():
+                setattr(history, name, value)
+            first, first_step, first_total = saved["epoch"], saved["step"], saved["total"]
+            first_seen = saved.get("seen", first_step * batch_size)
+            finished, seconds = saved["finished"], saved["seconds"]
+            # The RNG states at the start of epoch `first`: its noise and order are redrawn.
+            generator.set_state(saved["generator"])
+            noisy.generator.set_state(saved["noise_generator"].to(noisy.generator.device))
+        except (AttributeError, KeyError, RuntimeError, TypeError, ValueError) as error:
+            message = " ".join(str(error).split())[:300]
+            raise ValueError(
+                f"cannot resume from {checkpoint}: it does not fit this flow or fit (another "
+                f"architecture?): {type(error).__name__}: {message}"
+            ) from None
     log_prob: nn.Module = _LogProb(flow)
     if world.active:
         _check_same_everywhere(world, train, options, steps_per_epoch)

@@ -799,3 +799,16 @@ def test_fit_and_cli_resume_from_a_broken_checkpoint_are_refused(tmp_path, model
     code, _, err = run(argv, capsys)
     assert_usage_error(code, err, r"checkpoint\.safetensors is not an arflows checkpoint")
     assert not (tmp_path / "out").exists() and not (tmp_path / "ran").exists()
+
+
+@pytest.mark.parametrize("columns", [[7], ["a"], [True], 3])
+def test_edited_dequantized_columns_in_metadata_are_refused(tmp_path, capsys, columns):
+    flow = arflows.MAF(2, transforms=1, hidden_features=(8,))
+    arflows.io.save(
+        flow, tmp_path / "m", columns=["a", "b"], metadata={"dequantized_columns": [1]}
+    )
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    config["metadata"]["dequantized_columns"] = columns
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    code, _, err = run(["sample", tmp_path / "m", "-n", "3"], capsys)
+    assert_usage_error(code, err, r"dequantized columns .* expected column indices in \[0, 2\)")

@@ -180,3 +180,28 @@ def test_resume_mid_epoch_of_a_parquet_stream_is_bit_identical(tmp_path, monkeyp
     history = fit(flow, stream, checkpoint=mid[len(mid) // 2], resume=True, **options)
     assert same(weights(flow), weights(ref))
     assert history.train == ref_history.train and history.valid == ref_history.valid
+
+
+def test_resume_refuses_foreign_checkpoints_with_a_clear_error(tmp_path):
+    from arflows.checkpoint import write_checkpoint
+
+    x, c = data()
+    ckpt = tmp_path / "c.safetensors"
+    write_checkpoint(ckpt, {"step": 1})
+    with pytest.raises(ValueError, match="not a checkpoint of arflows.fit.*best"):
+        fit(new_flow(), x, c, checkpoint=ckpt, resume=True, epochs=1, **QUIET)
+    fit(new_flow(), x, c, checkpoint=ckpt, epochs=1, **QUIET)  # overwritten by a real one
+    torch.manual_seed(0)
+    wider = arflows.MAF(2, context=1, transforms=2, hidden_features=(32, 32)).double()
+    with pytest.raises(ValueError, match="does not fit this flow.*RuntimeError"):
+        fit(wider, x, c, checkpoint=ckpt, resume=True, epochs=1, **QUIET)
+
+
+def test_standardisation_of_huge_float32_values_does_not_overflow():
+    # The float32 mean of the first column overflows (its sum is 8.7e38).
+    x = torch.tensor([[3e38, 1.0], [2.9e38, 2.0], [2.8e38, 3.0]], dtype=torch.float32)
+    flow = arflows.MAF(2, transforms=1, hidden_features=(4,))
+    flow.standardize_(x)
+    loc = flow.standardization.loc
+    assert loc.dtype == torch.float32 and torch.allclose(loc, torch.tensor([2.9e38, 2.0]))
+    assert torch.isfinite(flow().log_prob(x)).all()

@@ -128,25 +128,24 @@ class Standardization(nn.Module):
             eps: Scales below ``eps`` (relative to the column's magnitude) count as constant.
         """
         dtype = self.loc.dtype if self.loc.is_floating_point() else torch.get_default_dtype()
-        if isinstance(x, Moments):
-            if x.count < 1 or x.mean.dim() != 1:
-                raise ValueError(
-                    f"expected moments of at least 1 row of a table, got {x.count} rows of "
-                    f"shape {tuple(x.mean.shape)}"
-                )
-            loc, scale = x.mean.to(dtype), x.var.sqrt().to(dtype)
-        else:
+        if not isinstance(x, Moments):
             if x.dim() != 2 or x.shape[0] < 1:
                 raise ValueError(
                     f"expected data with shape (rows >= 1, columns), got {tuple(x.shape)}"
                 )
-            x = x.to(dtype)
-            loc = x.mean(0)
-            scale = x.std(0, correction=0) if x.shape[0] > 1 else torch.zeros_like(loc)
+            # In float64: float32 sums of large values overflow, and batches' moments add
+            # up to exactly these.
+            x = Moments.of(x)
+        if x.count < 1 or x.mean.dim() != 1:
+            raise ValueError(
+                f"expected moments of at least 1 row of a table, got {x.count} rows of "
+                f"shape {tuple(x.mean.shape)}"
+            )
+        loc, scale = x.mean, x.var.sqrt()
         tiny = scale <= eps * (1 + loc.abs())
         scale = torch.where(tiny, torch.ones_like(scale), scale)
-        self.loc = loc.to(device=self.loc.device)
-        self.scale = scale.to(device=self.scale.device)
+        self.loc = loc.to(device=self.loc.device, dtype=dtype)
+        self.scale = scale.to(device=self.scale.device, dtype=dtype)
 
     def reset_(self) -> None:
         """Removes the statistics (back to the identity)."""
