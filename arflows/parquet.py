@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .data import DataError
+from .data import DataError, _check_names
 
 # Rows per block of split uniforms: each block is drawn from its own seeded generator, so a
 # row's part is found without drawing the numbers of all rows before it.
@@ -93,13 +93,13 @@ class ParquetStream:
         schema = file.schema_arrow
         available = list(schema.names)
         self.context_columns = [] if context_columns is None else list(context_columns)
-        self._check_names(self.context_columns, available, "context_columns")
+        _check_names(self.context_columns, available, "context_columns", self.path)
         if columns is None:
             self.columns = [
                 n for n in available if n not in self.context_columns and _numeric(schema.field(n))
             ]
         else:
-            self._check_names(columns, available, "columns")
+            _check_names(columns, available, "columns", self.path)
             self.columns = list(columns)
             both = [n for n in self.columns if n in self.context_columns]
             if both:
@@ -146,16 +146,6 @@ class ParquetStream:
             raise DataError(
                 f"cannot read {self.path} as Parquet: {type(error).__name__}: {error}"
             ) from error
-
-    def _check_names(self, names: Sequence[str], available: list[str], argument: str) -> None:
-        if isinstance(names, str):
-            raise TypeError(f"expected `{argument}` to be a list of column names, got {names!r}")
-        unknown = [n for n in names if n not in available]
-        if unknown:
-            raise DataError(
-                f"{self.path}: no column {', '.join(map(repr, unknown))} (`{argument}`); "
-                f"available columns: {', '.join(available)}"
-            )
 
     def __repr__(self) -> str:
         part = "" if self._seed is None else f", part {self._interval} of seed {self._seed}"

@@ -125,6 +125,14 @@ class Rows(abc.ABC):
         return type(self).__name__, self.rows, self.features, self.context
 
 
+def _held_rows(rows: int, fraction: float) -> int:
+    """How many of ``rows`` a validation ``fraction`` holds out (at least 1, not all)."""
+    n_valid = max(1, round(fraction * rows))
+    if n_valid >= rows:
+        raise ValueError(f"too few rows ({rows}) to hold out a validation fraction {fraction}")
+    return n_valid
+
+
 class TensorRows(Rows):
     """Rows held in memory as tensors (on the flow's device)."""
 
@@ -134,11 +142,7 @@ class TensorRows(Rows):
         self.context = 0 if c is None else c.shape[1]
 
     def split(self, fraction: float, generator: torch.Generator) -> tuple[Rows, Rows]:  # noqa: D102
-        n_valid = max(1, round(fraction * self.rows))
-        if n_valid >= self.rows:
-            raise ValueError(
-                f"too few rows ({self.rows}) to hold out a validation fraction {fraction}"
-            )
+        n_valid = _held_rows(self.rows, fraction)
         perm = torch.randperm(self.rows, generator=generator).to(self.x.device)
         tr, va = perm[n_valid:], perm[:n_valid]
         return self._take(tr), self._take(va)
@@ -237,11 +241,7 @@ class DatasetRows(Rows):
         self.features, self.context = x.shape[1], 0 if c is None else c.shape[1]
 
     def split(self, fraction: float, generator: torch.Generator) -> tuple[Rows, Rows]:  # noqa: D102
-        n_valid = max(1, round(fraction * self.rows))
-        if n_valid >= self.rows:
-            raise ValueError(
-                f"too few rows ({self.rows}) to hold out a validation fraction {fraction}"
-            )
+        n_valid = _held_rows(self.rows, fraction)
         perm = self.indices[torch.randperm(self.rows, generator=generator)]
         dtype = self.check.dtype
         return (

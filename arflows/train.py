@@ -38,6 +38,7 @@ from .checkpoint import read_checkpoint, write_checkpoint
 from .dequantize import dequantize as uniform_dequantize
 from .distributed import World, current_world
 from .flows import BatchNorm, Flow, Moments
+from .flows.lazy import FlowLogProb
 from .parquet import ParquetStream
 from .rows import Rows, TensorRows, as_rows, as_tensor, is_fraction
 
@@ -133,17 +134,6 @@ def _average_log_prob(
         total += torch.stack([lp.sum().double().cpu(), torch.tensor(len(x), dtype=torch.float64)])
     total = world.sum(total)
     return (total[0] / total[1]).item()
-
-
-class _LogProb(nn.Module):
-    """The flow's log-density as a module's forward, the call DistributedDataParallel wraps."""
-
-    def __init__(self, flow: Flow):
-        super().__init__()
-        self.flow = flow
-
-    def forward(self, x: Tensor, c: Tensor | None) -> Tensor:
-        return self.flow(c).log_prob(x)
 
 
 def _check_options(
@@ -503,7 +493,7 @@ def fit(
                 f"cannot resume from {checkpoint}: it does not fit this flow or fit (another "
                 f"architecture?): {type(error).__name__}: {message}"
             ) from None
-    log_prob: nn.Module = _LogProb(flow)
+    log_prob: nn.Module = FlowLogProb(flow)
     if world.active:
         _check_same_everywhere(world, train, options, steps_per_epoch)
         _initialize_from_data(flow, train, batch_size, generator)
@@ -754,25 +744,15 @@ class _Step:
                     break
                 x, c = batch
                 loss, result = self._loss(x.to(device), None if c is None else c.to(device), step)
+                if world.active:  # the sums over processes arrive during the backward pass
+                    self.optimizer.zero_grad()
+                    loss.backward()
+                value, rows = result()
+                if not math.isfinite(value):  # all processes see the same sums: all stop here
+                    return total, seen, f"the loss became {-value} at epoch {epoch}, step {step}"
                 if not world.active:
-                    value, rows = result()
-                    if not math.isfinite(value):
-                        return (
-                            total,
-                            seen,
-                            f"the loss became {-value} at epoch {epoch}, step {step}",
-                        )
-                self.optimizer.zero_grad()
-                loss.backward()
-                if world.active:
-                    # Every process sees the same sums, so all stop here together.
-                    value, rows = result()
-                    if not math.isfinite(value):
-                        return (
-                            total,
-                            seen,
-                            f"the loss became {-value} at epoch {epoch}, step {step}",
-                        )
+                    self.optimizer.zero_grad()
+                    loss.backward()
                 if self.clip_grad is not None:
                     norm = torch.nn.utils.clip_grad_norm_(flow.parameters(), self.clip_grad)
                     if not torch.isfinite(norm):

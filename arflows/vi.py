@@ -52,6 +52,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from .flows import Flow
+from .flows.lazy import FlowLogProb
 
 LogDensity = Callable[..., Tensor]
 _SCHEDULES = ("cosine", "constant")
@@ -114,17 +115,6 @@ class ImportanceSample:
             2 * torch.logsumexp(self.log_weights, 0) - torch.logsumexp(2 * self.log_weights, 0)
         )
         return value.item() if value.dim() == 0 else value
-
-
-class _LogProb(nn.Module):
-    """``flow(c).log_prob(x)`` as a module call, so ``functional_call`` can swap parameters."""
-
-    def __init__(self, flow: Flow):
-        super().__init__()
-        self.flow = flow
-
-    def forward(self, x: Tensor, c: Tensor | None) -> Tensor:
-        return self.flow(c).log_prob(x)
 
 
 def _check(flow: Flow, log_density: LogDensity, n: int, name: str) -> None:
@@ -195,7 +185,7 @@ def elbo_loss(
     value = (log_p - log_q).mean().item()
     if stl:
         frozen = {f"flow.{k}": v.detach() for k, v in flow.named_parameters()}
-        log_q = functional_call(_LogProb(flow), frozen, (x, context))
+        log_q = functional_call(FlowLogProb(flow), frozen, (x, context))
     return -(log_p - log_q).mean(), value
 
 

@@ -405,3 +405,18 @@ class Flow(LazyDistribution):
         return NormalizingFlow(
             ComposedTransform(*parts), self.base(c), dtype=dtype, bounded=bounded
         )
+
+
+class FlowLogProb(nn.Module):
+    r"""``flow(c).log_prob(x)`` as a module's forward, for wrappers that call modules.
+
+    DistributedDataParallel and :func:`torch.func.functional_call` act on a module's call;
+    a flow's call returns a distribution, this one the log-density, with shape :math:`(*,)`.
+    """
+
+    def __init__(self, flow: Flow):
+        super().__init__()
+        self.flow = flow
+
+    def forward(self, x: Tensor, c: Tensor | None = None) -> Tensor:  # noqa: D102
+        return self.flow(c).log_prob(x)
