@@ -532,9 +532,12 @@ def _fit(args: argparse.Namespace) -> int:
     # Under torchrun, every process runs this; they train together and rank 0 writes.
     world, device = init_from_env(_device(args.device))
     try:
-        return _fit_in(world, device, args)
-    finally:
-        shutdown()
+        code = _fit_in(world, device, args)
+    except BaseException:
+        shutdown(wait=False)  # the other processes may be anywhere: no barrier
+        raise
+    shutdown()
+    return code
 
 
 @dataclass

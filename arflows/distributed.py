@@ -19,6 +19,7 @@ from __future__ import annotations
 
 __all__ = ["World", "current_world", "init_from_env", "shutdown"]
 
+import gc
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -153,7 +154,17 @@ def init_from_env(device: torch.device | str = "cpu") -> tuple[World, torch.devi
     return world, device
 
 
-def shutdown() -> None:
-    """Leaves the default process group, if one was joined."""
+def shutdown(wait: bool = True) -> None:
+    """Leaves the default process group, if one was joined.
+
+    Args:
+        wait: Whether to wait at a barrier until every process gets here (a normal end);
+            ``False`` on an error path, where the others may never arrive.
+    """
     if dist.is_available() and dist.is_initialized():
+        # Objects still holding communication work (a DDP reducer in a reference cycle) go
+        # first: destroyed during interpreter exit, they abort the process.
+        gc.collect()
+        if wait:
+            dist.barrier()  # no process leaves while another still communicates
         dist.destroy_process_group()

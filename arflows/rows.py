@@ -260,21 +260,40 @@ class DatasetRows(Rows):
         order = self.indices
         if generator is not None:
             order = order[torch.randperm(self.rows, generator=generator)]
-        parts = [
-            world.part(order[i : i + batch_size]).tolist() for i in range(0, self.rows, batch_size)
-        ]
-        loader = DataLoader(
-            self.dataset, batch_sampler=[p for p in parts if p], num_workers=self.workers
-        )
-        fetched = iter(loader)
-        for part in parts:
-            if not part:  # a global batch smaller than the number of processes
+        parts = _Parts(order, batch_size, world)
+        fetched = iter(DataLoader(self.dataset, batch_sampler=parts, num_workers=self.workers))
+        for i in range(0, self.rows, batch_size):
+            if len(world.part(order[i : i + batch_size])) == 0:
+                # A global batch with fewer rows than processes leaves this one none.
                 dtype = self.check.dtype
                 c = torch.zeros(0, self.context, dtype=dtype) if self.context else None
                 yield torch.zeros(0, self.features, dtype=dtype), c
                 continue
             x, c = self.check(next(fetched))
             yield (x if noise is None else noise(x)), c
+
+
+class _Parts:
+    """This process's index lists of the global batches, made as the loader asks for them.
+
+    Lazy, so that an epoch over many rows holds one tensor of indices, not a Python list of
+    every index.
+    """
+
+    def __init__(self, order: Tensor, batch_size: int, world: World):
+        self.order, self.batch_size, self.world = order, batch_size, world
+
+    def _all(self) -> Iterator[Tensor]:
+        for i in range(0, len(self.order), self.batch_size):
+            part = self.world.part(self.order[i : i + self.batch_size])
+            if len(part):
+                yield part
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return (part.tolist() for part in self._all())
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self._all())
 
 
 class LoaderRows(Rows):
@@ -294,7 +313,10 @@ class LoaderRows(Rows):
             self._steps: int | None = len(loader)
         except TypeError:
             self._steps = None
-        x, c = self.check(next(iter(loader)))
+        first = next(iter(loader), None)
+        if first is None:
+            raise ValueError("expected a DataLoader that gives at least one batch, got none")
+        x, c = self.check(first)
         self.features, self.context = x.shape[1], 0 if c is None else c.shape[1]
 
     def steps(self, batch_size: int) -> int | None:  # noqa: D102

@@ -14,6 +14,7 @@ __all__ = ["History", "fit"]
 
 import contextlib
 import copy
+import gc
 import inspect
 import itertools
 import math
@@ -602,6 +603,11 @@ def fit(
                 save(epochs, 0, 0.0, 0, rng, True)
     history.seconds = seconds + time.perf_counter() - start
     flow.load_state_dict(best)
+    if world.active:
+        # The DDP wrapper's reducer holds communication work with tensors: free it now, not
+        # at interpreter exit, when gloo's threads would abort the process.
+        stepper.log_prob = log_prob = None
+        gc.collect()
     return history
 
 

@@ -9,7 +9,8 @@ Two measurements of :func:`arflows.fit`, one run:
   (``fit(flow, ParquetStream(path))``). Memory is the process's peak resident set size
   (``ru_maxrss``) at the end minus its peak after the imports and a tiny warm-up fit of both
   kinds (so it is the extra memory the data and the fit need beyond the libraries).
-* **Data-parallel.** ``fit`` on 200k in-memory rows (same MAF, 2 epochs, batch 1024) under
+* **Data-parallel.** ``fit`` on in-memory rows, for the same small MAF (200k rows, 2 epochs,
+  batch 1024) and a larger one (5 layers of 256-256 MADEs, 100k rows, 1 epoch, batch 2048), under
   ``python -m torch.distributed.run --standalone --nproc_per_node P`` with P = 1 and P = 2
   (gloo, ``OMP_NUM_THREADS=1`` in every process: one core against two), a few repeats each;
   the speed-up, and the final validation log-likelihoods of both, which should agree (the
@@ -45,6 +46,17 @@ GROUP_ROWS = 100_000  # rows per Parquet row group (and per generated chunk)
 MAF = {"transforms": 2, "hidden_features": (32, 32)}
 MEMORY_FIT = {"epochs": 1, "batch_size": 4096, "valid": 0.1, "progress": False, "seed": 0}
 DDP_FIT = {"epochs": 2, "batch_size": 1024, "valid": 0.1, "progress": False, "seed": 0}
+# The data-parallel cases: the small MAF above, where a step is a few milliseconds and the
+# per-step all-reduce dominates, and a wider, deeper one, where the compute does.
+DDP_MODELS = {
+    "small": {"maf": MAF, "fit": DDP_FIT, "rows": 200_000, "quick_rows": 50_000},
+    "large": {
+        "maf": {"transforms": 5, "hidden_features": (256, 256)},
+        "fit": DDP_FIT | {"epochs": 1, "batch_size": 2048},
+        "rows": 100_000,
+        "quick_rows": 20_000,
+    },
+}
 WARMUP_ROWS = 2_000
 
 
@@ -163,20 +175,23 @@ def ddp_worker(spec: dict) -> None:
     torch.set_num_threads(1)
     world, _ = init_from_env("cpu")
     x = ddp_rows(spec["rows"])
+    model = DDP_MODELS[spec["model"]]
     # Warm-up: a short fit of the same kind (data-parallel under P > 1), so that one-off costs
     # (about a second of first-call initialisation in a fresh process) are not timed.
-    arflows.fit(arflows.MAF(D, **MAF), x[:WARMUP_ROWS], **(DDP_FIT | {"epochs": 1}))
+    warm = model["fit"] | {"epochs": 1, "batch_size": 512}
+    arflows.fit(arflows.MAF(D, **model["maf"]), x[:WARMUP_ROWS], **warm)
     torch.manual_seed(0)
-    flow = arflows.MAF(D, **MAF)
+    flow = arflows.MAF(D, **model["maf"])
     if world.active:
         torch.distributed.barrier()  # start the clock together
     start = time.perf_counter()
-    history = arflows.fit(flow, x, **DDP_FIT)
+    history = arflows.fit(flow, x, **model["fit"])
     seconds = time.perf_counter() - start
     every = world.gather(seconds)
     if world.main:
         record = {
             "processes": world.size,
+            "model": spec["model"],
             "fit_s": max(every),
             "fit_s_per_rank": every,
             "train": history.train,
@@ -205,11 +220,11 @@ def run_memory_case(path: Path, mode: str, warmup: Path, threads: int) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def run_ddp_case(processes: int, rows: int, tmp: Path) -> dict:
+def run_ddp_case(processes: int, model: str, rows: int, tmp: Path) -> dict:
     """One ``torch.distributed.run`` launch of ``processes`` processes (one thread each)."""
-    result = tmp / f"ddp-{processes}.json"
+    result = tmp / f"ddp-{model}-{processes}.json"
     result.unlink(missing_ok=True)
-    spec = {"rows": rows, "result": str(result)}
+    spec = {"rows": rows, "model": model, "result": str(result)}
     command = [
         sys.executable,
         "-m",
@@ -257,14 +272,15 @@ def ddp_summary(records: list[dict]) -> dict:
     out: dict = {}
     for p in (1, 2):
         good = [r for r in records if r.get("processes") == p and "error" not in r]
-        if good:
-            out[p] = {
-                "median_s": statistics.median(r["fit_s"] for r in good),
-                "seconds": [r["fit_s"] for r in good],
-                "valid": good[0]["valid"][-1],
-                "best": max(good[0]["valid"]),
-                "all_valid": [r["valid"][-1] for r in good],
-            }
+        if not good:
+            continue
+        out[p] = {
+            "median_s": statistics.median(r["fit_s"] for r in good),
+            "seconds": [r["fit_s"] for r in good],
+            "valid": good[0]["valid"][-1],
+            "best": max(good[0]["valid"]),
+            "all_valid": [r["valid"][-1] for r in good],
+        }
     if 1 in out and 2 in out:
         out["speedup"] = out[1]["median_s"] / out[2]["median_s"]
         out["valid_difference"] = abs(out[1]["valid"] - out[2]["valid"])
@@ -325,37 +341,41 @@ def memory_table(summary: list[dict]) -> list[str]:
     return lines
 
 
-def ddp_steps(rows: int) -> int:
+def ddp_steps(model: str, rows: int) -> int:
     """Gradient steps of the data-parallel fit: batches of the training rows, all epochs."""
-    train = rows - round(DDP_FIT["valid"] * rows)
-    return -(-train // DDP_FIT["batch_size"]) * DDP_FIT["epochs"]
+    fit = DDP_MODELS[model]["fit"]
+    train = rows - round(fit["valid"] * rows)
+    return -(-train // fit["batch_size"]) * fit["epochs"]
 
 
-def ddp_table(ddp: dict, rows: int) -> list[str]:
-    steps = ddp_steps(rows)
+def ddp_table(ddp: dict, rows: dict[str, int]) -> list[str]:
     lines = [
-        "| processes | rows | steps | fit (s, median) | ms per step | repeats (s) | speed-up "
-        "| final valid log-lik |",
-        "|---:|---:|---:|---:|---:|---|---:|---:|",
+        "| model | processes | rows | steps | fit (s, median) | ms per step | repeats (s) "
+        "| speed-up | final valid log-lik |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
-    for p in (1, 2):
-        if p not in ddp:
-            lines.append(f"| {p} | {rows} | {steps} | error | | | | |")
-            continue
-        r = ddp[p]
-        speedup = "1" if p == 1 else fmt(ddp.get("speedup"))
-        lines.append(
-            f"| {p} | {rows} | {steps} | {r['median_s']:.2f} | "
-            f"{r['median_s'] / steps * 1e3:.1f} | "
-            f"{', '.join(f'{s:.2f}' for s in r['seconds'])} | {speedup} | {r['valid']:.6f} |"
-        )
-    if "valid_difference" in ddp:
-        lines.append("")
-        lines.append(
-            f"Final validation log-likelihood: 1 process {ddp[1]['valid']:.6f}, 2 processes "
-            f"{ddp[2]['valid']:.6f}, difference {ddp['valid_difference']:.2e} nats per row."
-        )
-    return lines
+    notes = []
+    for model, summary in ddp.items():
+        n = rows[model]
+        steps = ddp_steps(model, n)
+        for p in (1, 2):
+            if p not in summary:
+                lines.append(f"| {model} | {p} | {n} | {steps} | error | | | | |")
+                continue
+            r = summary[p]
+            speedup = "1" if p == 1 else fmt(summary.get("speedup"))
+            lines.append(
+                f"| {model} | {p} | {n} | {steps} | {r['median_s']:.2f} | "
+                f"{r['median_s'] / steps * 1e3:.1f} | "
+                f"{', '.join(f'{s:.2f}' for s in r['seconds'])} | {speedup} | {r['valid']:.6f} |"
+            )
+        if "valid_difference" in summary:
+            notes.append(
+                f"{model}: final validation log-likelihood 1 process {summary[1]['valid']:.6f}, "
+                f"2 processes {summary[2]['valid']:.6f}, difference "
+                f"{summary['valid_difference']:.2e} nats per row."
+            )
+    return lines + ([""] + notes if notes else [])
 
 
 def markdown(meta: dict, summary: list[dict], ddp: dict, png: str) -> str:
@@ -384,8 +404,9 @@ of both kinds on 2,000 rows; *of which reading* is that growth right after `read
 """
 
 DDP_LEGEND = """\
-`fit` on the same in-memory rows (generated identically in every process), same MAF, 2 epochs,
-global batch 1024, 10% held out, seed 0, under
+`fit` on the same in-memory rows (generated identically in every process), 10% held out,
+seed 0: *small* is the MAF above, 2 epochs, global batch 1024; *large* is
+`arflows.MAF(8, transforms=5, hidden_features=(256, 256))`, 1 epoch, global batch 2048. Under
 `python -m torch.distributed.run --standalone --nproc_per_node P` with `OMP_NUM_THREADS=1` and
 `torch.set_num_threads(1)` in every process: P = 1 uses one core, P = 2 two (gloo all-reduce
 of the gradients every step). Time: `fit` alone, after a warm-up fit on 2,000 rows and a
@@ -411,7 +432,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def metadata(args: argparse.Namespace, ns: list[int], ddp_n: int) -> dict:
+def metadata(args: argparse.Namespace, ns: list[int], ddp_n: dict[str, int]) -> dict:
     import pyarrow
     import torch
 
@@ -463,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     start = time.perf_counter()
     ns = [10**5, 10**6] if args.quick else [10**5, 10**6, 10**7]
-    ddp_n = 50_000 if args.quick else 200_000
+    ddp_n = {m: spec["quick_rows" if args.quick else "rows"] for m, spec in DDP_MODELS.items()}
     meta = metadata(args, ns, ddp_n)
     memory: list[dict] = []
     ddp: list[dict] = []
@@ -493,22 +514,23 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 say(f"N={n:.0e} {mode}: {shown}")
             path.unlink()
-        for repeat in range(args.repeats):
-            for p in (1, 2):
-                result = run_ddp_case(p, ddp_n, tmp)
-                ddp.append({"processes": p, "repeat": repeat, **result})
-                shown = (
-                    result["error"]
-                    if "error" in result
-                    else f"fit {result['fit_s']:.2f} s, valid {result['valid'][-1]:.6f}"
-                )
-                say(f"DDP {p} process{'es' if p > 1 else ''} ({ddp_n} rows): {shown}")
+        for model, n in ddp_n.items():
+            for repeat in range(args.repeats):
+                for p in (1, 2):
+                    result = run_ddp_case(p, model, n, tmp)
+                    ddp.append({"processes": p, "model": model, "repeat": repeat, **result})
+                    shown = (
+                        result["error"]
+                        if "error" in result
+                        else f"fit {result['fit_s']:.2f} s, valid {result['valid'][-1]:.6f}"
+                    )
+                    say(f"DDP {model} {p} process{'es' if p > 1 else ''} ({n} rows): {shown}")
     meta["load average at end"] = (
         [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
     )
     meta["elapsed seconds"] = round(time.perf_counter() - start, 1)
     summary = memory_rows(memory)
-    ddp_sum = ddp_summary(ddp)
+    ddp_sum = {m: ddp_summary([r for r in ddp if r["model"] == m]) for m in ddp_n}
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"stream-cpu{'-quick' if args.quick else ''}"
     plot(summary, stem.with_suffix(".png"))
@@ -517,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
         "meta": meta,
         "memory": memory,
         "ddp": ddp,
-        "ddp_summary": {str(k): v for k, v in ddp_sum.items()},
+        "ddp_summary": {m: {str(k): v for k, v in d.items()} for m, d in ddp_sum.items()},
     }
     stem.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
     print("\n".join(memory_table(summary)))

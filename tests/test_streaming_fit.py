@@ -124,6 +124,8 @@ class Dicts(Dataset):
         (TensorDataset(torch.zeros(10, 2)), {"valid": TensorDataset(torch.zeros(3, 3))},
          ValueError, "validation rows with 2 data"),
         (TensorDataset(torch.zeros(10, 2)), {"workers": -1}, ValueError, "workers >= 0"),
+        (DataLoader(TensorDataset(torch.zeros(0, 2))), {"valid": None}, ValueError,
+         "at least one batch"),
         ("rows.csv", {}, TypeError, "parquet"),
         (TensorDataset(torch.zeros(10, 3)), {}, ValueError, "with 2 data columns.*got 3"),
         (TensorDataset(torch.zeros(10, 2), torch.zeros(10, 1)), {}, ValueError,
