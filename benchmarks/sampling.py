@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from machine import cpu_model  # benchmarks/machine.py (run as a script)
 from torch import Tensor, nn
 
 TRANSFORMS = 5
@@ -627,16 +628,6 @@ def headline(results: list[Result]) -> list[str]:
                 + ", ".join(splines)
             )
     return lines
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def metadata(args: argparse.Namespace, device: torch.device) -> dict:

@@ -39,6 +39,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from machine import cpu_model  # benchmarks/machine.py (run as a script)
+
 OPS = ("log_prob", "train", "sample")
 AXES = ("N", "D", "depth")
 BINS = 8
@@ -389,15 +391,8 @@ def metadata(args: argparse.Namespace) -> dict:
         "device": args.device,
         "threads": args.threads,
         "quick": args.quick,
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
     }
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                meta["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     if hasattr(os, "getloadavg"):
         meta["load average (1, 5, 15 min)"] = [round(v, 2) for v in os.getloadavg()]
     return meta

@@ -41,6 +41,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import cpu_model  # benchmarks/machine.py (run as a script)
+
 D = 8
 GROUP_ROWS = 100_000  # rows per Parquet row group (and per generated chunk)
 MAF = {"transforms": 2, "hidden_features": (32, 32)}
@@ -450,15 +452,8 @@ def metadata(args: argparse.Namespace, ns: list[int], ddp_n: dict[str, int]) -> 
         "rows (memory)": ns,
         "ddp rows": ddp_n,
         "ddp repeats": args.repeats,
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
     }
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                meta["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     try:  # which arflows was measured (the working tree may hold uncommitted changes)
         git = ["git", "--no-optional-locks", "-C", str(Path(__file__).resolve().parent)]
         commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True)
