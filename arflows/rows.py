@@ -10,7 +10,7 @@ e.g. with a :class:`~torch.utils.data.DistributedSampler`).
 
 from __future__ import annotations
 
-__all__ = ["Rows", "as_rows", "as_tensor_rows"]
+__all__ = ["Rows", "TensorRows", "as_rows", "as_tensor", "as_tensor_rows", "is_fraction"]
 
 import abc
 import numbers
@@ -111,9 +111,9 @@ class Rows(abc.ABC):
     def split(self, fraction: float, generator: torch.Generator) -> tuple[Rows, Rows]:
         """The rows without and with a random ``fraction`` of them held out."""
         raise ValueError(
-            f"cannot hold out a fraction of the rows of a {type(self).__name__}: pass the "
-            "validation rows as `valid=` (a tensor, Dataset, DataLoader or ParquetStream) or "
-            "`valid=None`"
+            "cannot hold out a fraction of the rows of a DataLoader (or IterableDataset): pass "
+            "the validation rows as `valid=` (a tensor, Dataset, DataLoader or ParquetStream) "
+            "or `valid=None`"
         )
 
     def steps(self, batch_size: int) -> int | None:
