@@ -186,3 +186,31 @@ def test_fitting_a_large_file_keeps_memory_bounded(tmp_path):
     rss = json.loads(out.stdout.strip().splitlines()[-1])
     grown = (rss["after"] - rss["before"]) / 2**20
     assert grown < 48, f"peak memory grew by {grown:.0f} MiB while streaming a 96 MB table"
+
+
+def test_cli_fit_stream_trains_saves_and_reports_each_split(tmp_path, capsys):
+    from arflows.cli import main
+
+    g = np.random.default_rng(0)
+    t = g.normal(size=3000)
+    frame = pd.DataFrame(
+        {"a": g.normal(size=3000) + t, "k": g.integers(0, 4, 3000), "t": t, "name": "row"}
+    )
+    frame.to_parquet(tmp_path / "d.parquet", row_group_size=500, index=False)
+    argv = ["fit", str(tmp_path / "d.parquet"), "--stream", "--context-columns", "t"]
+    argv += ["--epochs", "2", "--hidden", "8", "--transforms", "1", "--no-progress"]
+    assert main([*argv, "-o", str(tmp_path / "m")]) == 0
+    out = capsys.readouterr().out
+    assert "(streamed), 3000 rows, columns a, k, context t, dequantized 1 integer" in out
+    report = json.loads((tmp_path / "m" / "report.json").read_text())
+    assert sum(report["rows"].values()) == 3000 and report["dequantized_columns"] == [1]
+    assert all(np.isfinite(report["scores"][s]) for s in ("train", "valid", "test"))
+    model = arflows.load(tmp_path / "m")
+    assert model.columns == ["a", "k"] and model.context_columns == ["t"]
+    # The saved model scores the file: a header and one score per row.
+    assert main(["score", str(tmp_path / "m"), str(tmp_path / "d.parquet")]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 3001
+    # --stream needs a Parquet file.
+    frame.drop(columns="name").to_csv(tmp_path / "d.csv", index=False)
+    assert main(["fit", str(tmp_path / "d.csv"), "--stream", "-o", str(tmp_path / "n")]) == 2
+    assert "--stream reads a Parquet file" in capsys.readouterr().err
