@@ -68,11 +68,7 @@ class World:
 
     def sum(self, values: Tensor) -> Tensor:
         """The elementwise sum of ``values`` over all processes (a new tensor)."""
-        if not self.active:
-            return values.clone()
-        out = values.detach().to(self.device, torch.float64)
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
-        return out.to(values.device, values.dtype)
+        return self.start_sum(values)()
 
     def start_sum(self, values: Tensor) -> Callable[[], Tensor]:
         """Starts summing ``values`` over all processes; the function returned waits for it.

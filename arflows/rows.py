@@ -10,7 +10,7 @@ e.g. with a :class:`~torch.utils.data.DistributedSampler`).
 
 from __future__ import annotations
 
-__all__ = ["Rows", "TensorRows", "as_rows", "as_tensor", "as_tensor_rows", "is_fraction"]
+__all__ = ["Rows", "TensorRows", "as_rows", "as_tensor", "is_fraction"]
 
 import abc
 import numbers
@@ -263,7 +263,7 @@ class DatasetRows(Rows):
         parts = _Parts(order, batch_size, world)
         fetched = iter(DataLoader(self.dataset, batch_sampler=parts, num_workers=self.workers))
         for i in range(0, self.rows, batch_size):
-            if len(world.part(order[i : i + batch_size])) == 0:
+            if min(batch_size, self.rows - i) <= world.rank:
                 # A global batch with fewer rows than processes leaves this one none.
                 dtype = self.check.dtype
                 c = torch.zeros(0, self.context, dtype=dtype) if self.context else None
@@ -378,17 +378,6 @@ class ParquetRows(Rows):
             yield world.part(x), None if c is None else world.part(c)
 
 
-def as_tensor_rows(
-    name: str, x: object, c: object, dtype: torch.dtype, device: torch.device
-) -> TensorRows:
-    """In-memory rows from arrays or tensors, checked (shapes, numbers, finite)."""
-    x = as_tensor(name, x, dtype).to(device)
-    if c is not None:
-        where = "context" if name == "x" else f"{name} context"
-        c = as_tensor(where, c, dtype, rows=len(x)).to(device)
-    return TensorRows(x, c)
-
-
 def as_rows(
     name: str,
     x: object,
@@ -435,7 +424,11 @@ def as_rows(
             f"expected `{name}` to hold numbers or be a `.parquet` file to stream (read other "
             f"files with arflows.data.read_table), got {str(x)!r}"
         )
-    return as_tensor_rows(name, x, c, dtype, device)
+    x = as_tensor(name, x, dtype).to(device)
+    if c is not None:
+        where = "context" if name == "x" else f"{name} context"
+        c = as_tensor(where, c, dtype, rows=len(x)).to(device)
+    return TensorRows(x, c)
 
 
 def is_fraction(value: object) -> bool:

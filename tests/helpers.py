@@ -1,5 +1,7 @@
 """Shared test helpers: perturbed weights and autograd Jacobians."""
 
+import shutil
+
 import torch
 from torch import nn
 
@@ -25,3 +27,17 @@ def jacobian(f, x: torch.Tensor) -> torch.Tensor:
 def autograd_ladj(t, x: torch.Tensor) -> torch.Tensor:
     """log|det J| of a transform at a single point x of shape (D,), from autograd."""
     return torch.linalg.slogdet(jacobian(t, x)).logabsdet
+
+
+def keep_checkpoint_copies(monkeypatch, folder) -> list:
+    """Makes arflows.train keep a copy of every checkpoint it writes; returns their paths."""
+    import arflows.train
+
+    copies, real = [], arflows.train.write_checkpoint
+
+    def write_and_copy(path, state):
+        real(path, state)
+        copies.append(shutil.copy(path, folder / f"copy{len(copies)}"))
+
+    monkeypatch.setattr(arflows.train, "write_checkpoint", write_and_copy)
+    return copies

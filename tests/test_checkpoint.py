@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import arflows.train
 from arflows.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
 from arflows.io import load
 from arflows.train import fit
+from tests.helpers import keep_checkpoint_copies
 
 
 def test_write_and_read_round_trip_nested_state(tmp_path):
@@ -101,14 +101,8 @@ def test_resume_after_an_epoch_gives_the_same_weights_and_history(tmp_path, sche
 
 
 def test_resume_mid_epoch_from_a_step_checkpoint(tmp_path, monkeypatch, reference):
-    ckpt, copies = tmp_path / "c.safetensors", []
-    real = arflows.train.write_checkpoint
-
-    def keep_copies(path, state):
-        real(path, state)
-        copies.append(shutil.copy(path, tmp_path / f"copy{len(copies)}"))
-
-    monkeypatch.setattr(arflows.train, "write_checkpoint", keep_copies)
+    ckpt = tmp_path / "c.safetensors"
+    copies = keep_checkpoint_copies(monkeypatch, tmp_path)
     fit(new_flow(), data(), checkpoint=ckpt, checkpoint_every=2, **OPTIONS)
     # 4 steps per epoch (108 training rows, batches of 32): some copies are mid-epoch.
     mid = [p for p in copies if read_checkpoint(p)["step"] != 0]

@@ -1,7 +1,5 @@
 """fit on rows that are not in memory: Datasets, DataLoaders, IterableDatasets, Parquet files."""
 
-import shutil
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,6 +11,7 @@ import arflows.train
 from arflows.checkpoint import read_checkpoint
 from arflows.parquet import ParquetStream
 from arflows.train import fit
+from tests.helpers import keep_checkpoint_copies
 
 QUIET = dict(progress=False, seed=2, lr=3e-3)
 
@@ -166,14 +165,8 @@ def test_resume_mid_epoch_of_a_parquet_stream_is_bit_identical(tmp_path, monkeyp
     options = dict(epochs=3, batch_size=100, dequantize=[1], **QUIET)
     ref = new_flow()
     ref_history = fit(ref, stream, **options)
-    ckpt, copies = tmp_path / "c.safetensors", []
-    real = arflows.train.write_checkpoint
-
-    def keep_copies(path, state):
-        real(path, state)
-        copies.append(shutil.copy(path, tmp_path / f"copy{len(copies)}"))
-
-    monkeypatch.setattr(arflows.train, "write_checkpoint", keep_copies)
+    ckpt = tmp_path / "c.safetensors"
+    copies = keep_checkpoint_copies(monkeypatch, tmp_path)
     fit(new_flow(), stream, checkpoint=ckpt, checkpoint_every=4, **options)
     monkeypatch.undo()
     mid = [p for p in copies if read_checkpoint(p)["step"] != 0]
