@@ -26,9 +26,8 @@ __all__ = [
     "save",
 ]
 
-__version__ = "0.1.0"
-
 from . import targets, vi  # noqa: F401 (arflows.vi, arflows.targets after `import arflows`)
+from ._version import __version__
 from .flows import IAF, MAF, NAF, NICE, NSF, Flow, MADEMoGFlow, OrderAgnosticMAF, RealNVP
 from .io import load, save
 from .train import History, fit

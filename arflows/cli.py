@@ -17,6 +17,7 @@ import argparse
 import inspect
 import json
 import math
+import os
 import shlex
 import shutil
 import sys
@@ -30,13 +31,15 @@ import torch
 from torch import Tensor
 
 from . import flows as _flows
+from ._version import __version__
 from .data import DataError, Table, figure1, figure1_log_prob, load_dataset, read_table
 from .data import write_table as _write_table
 from .dequantize import dequantize, discrete_log_prob
 from .diagnostics import gaussianize, gaussianized_figure, joint_normality, normality, qq_figure
 from .distributed import World, init_from_env, shutdown
+from .files import FileExists, atomic_path, check_new, is_device
 from .flows import MAF, Flow
-from .io import ModelError, _is_model_dir, _replace_dir, load, save
+from .io import ModelError, is_model_dir, load, save
 from .parquet import ParquetStream
 from .train import fit
 
@@ -99,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
         "sample from it, score rows, check the fit.",
         epilog="Exit codes: 0 success, 2 usage or data error, 1 failure at run time.",
     )
+    parser.add_argument("--version", action="version", version=f"arflows {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = _command(
@@ -212,11 +216,20 @@ def _parser() -> argparse.ArgumentParser:
         "until it is written",
     )
     p.add_argument(
+        "--bounds",
+        nargs="+",
+        type=_bound,
+        metavar="COL=LOW:HIGH",
+        help="bounded columns, e.g. income=0: share=0:1 (an empty side is unbounded); the "
+        "model's support, so samples stay inside; data on or outside a bound is refused",
+    )
+    p.add_argument(
         "--resume",
         action="store_true",
         help="continue the fit from MODEL_DIR.partial/checkpoint.safetensors (same command "
         "otherwise); starts afresh without one",
     )
+    _force_argument(p, "replace an existing model directory MODEL_DIR")
     p.add_argument(
         "--checkpoint-every",
         type=_positive_int,
@@ -246,9 +259,7 @@ def _parser() -> argparse.ArgumentParser:
     group.add_argument("--context-file", type=Path, metavar="FILE", help="a table of contexts")
     p.add_argument("--continuous", action="store_true", help="keep dequantized columns real")
     p.add_argument("--seed", type=int, metavar="S", help="random seed (default: fresh randomness)")
-    p.add_argument(
-        "-o", "--output", type=Path, metavar="FILE", help="output file (default: CSV to stdout)"
-    )
+    _output_argument(p)
 
     p = _command(
         commands,
@@ -271,9 +282,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--seed", type=int, default=0, metavar="S", help="seed of the dequantization noise (0)"
     )
-    p.add_argument(
-        "-o", "--output", type=Path, metavar="FILE", help="output file (default: CSV to stdout)"
-    )
+    _output_argument(p)
 
     p = _command(
         commands,
@@ -300,6 +309,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="output folder (default: MODEL_DIR/diagnostics)",
     )
+    _force_argument(p, "replace diagnostics files already in the output folder")
 
     p = _command(
         commands,
@@ -329,7 +339,43 @@ def _parser() -> argparse.ArgumentParser:
         help="folder for the PNGs (demo-output)",
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _force_argument(p, "replace PNGs already in the output folder")
     return parser
+
+
+def _output_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        metavar="FILE",
+        help="output file: .csv, .npy or .parquet, or - for CSV on standard output (the "
+        "default); an existing file is replaced only with --force",
+    )
+    _force_argument(p, "replace an existing output file")
+
+
+def _force_argument(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--force", action="store_true", help=what)
+
+
+def _bound(text: str) -> tuple[str, float | None, float | None]:
+    name, eq, interval = text.rpartition("=")
+    low, colon, high = interval.partition(":")
+    if not (eq and colon and name):
+        raise argparse.ArgumentTypeError(
+            f"expected COLUMN=LOW:HIGH with either side left empty (e.g. x=0: or p=0:1), got "
+            f"{text!r}"
+        )
+    try:
+        lower, upper = (float(v) if v.strip() else None for v in (low, high))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers in {text!r}") from None
+    if (lower is None and upper is None) or math.isnan(lower or 0) or math.isnan(upper or 0):
+        raise argparse.ArgumentTypeError(f"expected at least one numeric bound in {text!r}")
+    if lower is not None and upper is not None and not lower < upper:
+        raise argparse.ArgumentTypeError(f"expected LOW < HIGH in {text!r}")
+    return name, lower, upper
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -343,16 +389,18 @@ def _flow_class(name: str) -> type[Flow]:
     return cls
 
 
-def _build_flow(args: argparse.Namespace, features: int, context: int) -> Flow:
+def _build_flow(args: argparse.Namespace, data: _Splits) -> Flow:
     cls = _flow_class(args.flow)
     kwargs: dict = dict(
-        features=features,
-        context=context,
+        features=len(data.columns),
+        context=len(data.context_columns),
         transforms=args.transforms,
         hidden_features=tuple(args.hidden),
     )
     if args.bins is not None:
         kwargs["bins"] = args.bins
+    if args.bounds:
+        kwargs["support"] = _support(args.bounds, data)
     accepted = _accepted_arguments(cls)
     missing = [name for name in kwargs if name not in accepted]
     if missing:
@@ -361,6 +409,40 @@ def _build_flow(args: argparse.Namespace, features: int, context: int) -> Flow:
             f"({'--bins is for spline flows' if 'bins' in missing else 'not a CLI flow'})"
         )
     return cls(**kwargs)
+
+
+def _support(bounds: Sequence[tuple], data: _Splits) -> list[tuple | None]:
+    """``support=`` of the flow from ``--bounds``, refusing rows on or outside a bound."""
+    support: list[tuple | None] = [None] * len(data.columns)
+    for name, lower, upper in bounds:
+        if name not in data.columns:
+            raise ValueError(
+                f"--bounds names {name!r}, which is not a data column (data columns: "
+                f"{_short(data.columns)})"
+            )
+        j = data.columns.index(name)
+        if support[j] is not None:
+            raise ValueError(f"--bounds gives column {name!r} twice")
+        support[j] = (lower, upper)
+        # Streamed rows are checked by the fit itself (their log-density would be -inf).
+        parts = [p for p in (data.train, data.valid, data.test) if isinstance(p, tuple)]
+        if not parts:
+            continue
+        x = torch.cat([p[0][:, j] for p in parts])
+        # A dequantized integer k becomes k + u, u in [0, 1): it must fit in [k, k + 1).
+        top = x + 1 if j in data.dequantize else x
+        low = lower is not None and ((x < lower) if j in data.dequantize else (x <= lower))
+        high = upper is not None and ((top > upper) if j in data.dequantize else (x >= upper))
+        outside = torch.as_tensor(low) | torch.as_tensor(high)
+        if bool(outside.any()):
+            interval = f"({'-inf' if lower is None else f'{lower:g}'}, "
+            interval += f"{'inf' if upper is None else f'{upper:g}'})"
+            raise ValueError(
+                f"--bounds {name}: {int(outside.sum())} of {len(x)} rows of column {name!r} "
+                f"lie on or outside the open interval {interval} (values from "
+                f"{x.min().item():g} to {x.max().item():g}); widen the bound"
+            )
+    return support
 
 
 def _accepted_arguments(cls: type[Flow]) -> set[str]:
@@ -466,14 +548,45 @@ def _log_prob(
     return torch.cat(parts) if parts else torch.zeros(0)
 
 
+_TABLE_SUFFIXES = (".csv", ".npy", ".parquet")
+
+
+def _output(args: argparse.Namespace) -> Path | None:
+    """The output file of ``-o`` (``None``: standard output), refused before any work."""
+    path = args.output
+    if path is None or str(path) == "-":
+        return None
+    if is_device(path):  # /dev/null, /dev/stdout, a named pipe: written in place as CSV
+        return path
+    check_new(path, force=args.force)
+    if path.suffix.lower() not in _TABLE_SUFFIXES:
+        raise ValueError(
+            f"cannot write {path}: unknown format {path.suffix or '(no suffix)'!r}; expected "
+            f"one of {', '.join(_TABLE_SUFFIXES)}, or - for standard output"
+        )
+    if not path.parent.is_dir():
+        raise ValueError(f"cannot write {path}: no folder {path.parent}")
+    return path
+
+
+def _summary_stream(output: Path | None) -> object:
+    # With the table on standard output (or a device such as /dev/stdout), say it on stderr.
+    return sys.stdout if output is not None and not is_device(output) else sys.stderr
+
+
 def _write(path: Path | None, values: Tensor, columns: Sequence[str]) -> None:
-    if path is not None:
+    """Writes a table to a file (atomically, by suffix), a device or standard output (CSV)."""
+    if path is not None and not is_device(path):
         _write_table(path, values, columns)
         return
     import pandas
 
     frame = pandas.DataFrame(values.detach().cpu().numpy(), columns=list(columns))
-    frame.to_csv(sys.stdout, index=False)
+    if path is None:
+        frame.to_csv(sys.stdout, index=False)
+    else:
+        with open(path, "w") as file:
+            frame.to_csv(file, index=False)
 
 
 def _finite(value: object) -> object:
@@ -513,7 +626,18 @@ def _load_data(args: argparse.Namespace) -> tuple[Table, str, str | None]:
     return table, f"built-in dataset {name!r}", name
 
 
+def _fractions(valid: float, test: float) -> list[float]:
+    """The train, valid and test fractions, refused when nothing is left to train on."""
+    if valid + test >= 1:
+        raise ValueError(
+            f"--valid-fraction {valid} and --test-fraction {test} add up to {valid + test:g}, "
+            "leaving no rows to train on; they must add up to less than 1"
+        )
+    return [1 - valid - test, valid, test]
+
+
 def _split(n: int, valid: float, test: float, seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    _fractions(valid, test)
     n_test = round(test * n)
     n_valid = max(1, round(valid * n)) if valid > 0 else 0
     if n - n_test - n_valid < 2:
@@ -584,13 +708,7 @@ def _streamed(args: argparse.Namespace) -> _Splits:
         )
     stream = ParquetStream(args.data, args.columns, args.context_columns)
     cols = list(stream.integer_columns) if args.dequantize == "auto" else []
-    rest = 1 - args.valid_fraction - args.test_fraction
-    if rest <= 0:
-        raise ValueError(
-            f"no rows left to train on with --valid-fraction {args.valid_fraction} and "
-            f"--test-fraction {args.test_fraction}"
-        )
-    parts = stream.split([rest, args.valid_fraction, args.test_fraction], seed=args.seed)
+    parts = stream.split(_fractions(args.valid_fraction, args.test_fraction), seed=args.seed)
     counts = dict(zip(("train", "valid", "test"), (p.rows for p in parts), strict=True))
     if counts["train"] < 2:
         raise ValueError(
@@ -614,9 +732,10 @@ def _streamed(args: argparse.Namespace) -> _Splits:
 
 def _fit_in(world: World, device: torch.device, args: argparse.Namespace) -> int:
     say = print if world.main else _quiet
+    target, checkpoint = _fit_target(args)  # before any work: refuse to replace a model
     data = _streamed(args) if args.stream else _in_memory(args)
     torch.manual_seed(args.seed)
-    flow = _build_flow(args, len(data.columns), len(data.context_columns)).to(device)
+    flow = _build_flow(args, data).to(device)
     cols = data.dequantize
     say(
         f"data: {data.source}, {data.rows} rows, columns {_short(data.columns)}"
@@ -627,15 +746,6 @@ def _fit_in(world: World, device: torch.device, args: argparse.Namespace) -> int
     say(f"flow: {type(flow).__name__} {flow.config['arguments']}")
     if world.active:
         say(f"processes: {world.size} (data-parallel, {device.type})")
-    target = Path(args.output)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        if not _is_model_dir(target):
-            raise ValueError(
-                f"cannot write the model to {target}: it exists and is not an arflows model "
-                "directory; choose another -o"
-            )
-    partial = target.with_name(target.name + ".partial")
-    checkpoint = partial / "checkpoint.safetensors"
     if args.resume:
         say(
             f"resuming from {checkpoint}"
@@ -694,25 +804,57 @@ def _fit_in(world: World, device: torch.device, args: argparse.Namespace) -> int
         "seed": args.seed,
         "command": command,
     }
-    # The whole directory (model and report) is built in MODEL_DIR.partial/ and renamed into
-    # place, so MODEL_DIR is never half-written, even when the process is killed.
-    staged = save(
+    if args.data is not None:  # diagnose finds the held-out rows again from these
+        metadata["data_file"] = str(args.data.resolve())
+        metadata["data_fingerprint"] = _fingerprint(args.data)
+        metadata["split"] = {
+            "valid_fraction": args.valid_fraction,
+            "test_fraction": args.test_fraction,
+            "seed": args.seed,
+            "stream": bool(args.stream),
+        }
+    # The model and its report are assembled beside MODEL_DIR and renamed into place
+    # together, so MODEL_DIR is never half-written, even when the process is killed.
+    save(
         flow.cpu(),
-        partial / "model",
+        target,
         columns=data.columns,
         context_columns=data.context_columns or None,
         metadata=_finite(metadata),
+        extras=lambda folder: _write_report(folder, command, flow, history, metadata),
+        overwrite=True,  # refused up front (_fit_target) unless --force or --resume
     )
-    _write_report(Path(staged), command, flow, history, metadata)
-    _replace_dir(Path(staged), target)
-    shutil.rmtree(partial, ignore_errors=True)
+    shutil.rmtree(checkpoint.parent, ignore_errors=True)
     print(f"model: {target}")
     return 0
 
 
-def _write_report(out: Path, command: str, flow: Flow, history: object, metadata: dict) -> None:
-    from . import __version__
+def _fit_target(args: argparse.Namespace) -> tuple[Path, Path]:
+    """The model directory and checkpoint of a fit, refused before training if taken."""
+    target = Path(args.output)
+    checkpoint = target.with_name(target.name + ".partial") / "checkpoint.safetensors"
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"cannot write the model to {target}: it is a file; choose another -o")
+    if target.is_dir() and any(target.iterdir()):
+        if not is_model_dir(target):
+            raise ValueError(
+                f"cannot write the model to {target}: it exists and is not an arflows model "
+                "directory; choose another -o"
+            )
+        if not (args.force or args.resume):
+            raise FileExists(
+                f"a model is already in {target}; add --force to replace it (or choose "
+                "another -o)"
+            )
+    if checkpoint.is_file() and not (args.force or args.resume):
+        raise FileExists(
+            f"{checkpoint} holds an interrupted fit; add --resume to continue it or --force "
+            "to start afresh"
+        )
+    return target, checkpoint
 
+
+def _write_report(out: Path, command: str, flow: Flow, history: object, metadata: dict) -> None:
     train = list(getattr(history, "train", []))
     valid = list(getattr(history, "valid", []))
     fields = ("best_epoch", "stopped_early", "stopped_nonfinite", "seconds", "lr")
@@ -763,6 +905,7 @@ def _write_report(out: Path, command: str, flow: Flow, history: object, metadata
 
 
 def _sample(args: argparse.Namespace) -> int:
+    output = _output(args)
     flow = load(args.model)
     features, context = _dims(flow)
     columns = _names(getattr(flow, "columns", None), "x", features)
@@ -802,9 +945,9 @@ def _sample(args: argparse.Namespace) -> int:
     if cols and not args.continuous:
         shift = len(names) - features
         values[:, [shift + j for j in cols]] = values[:, [shift + j for j in cols]].floor()
-    _write(args.output, values, names)
-    if args.output is not None:
-        print(f"wrote {len(values)} samples to {args.output}")
+    _write(output, values, names)
+    if output is not None:
+        print(f"wrote {len(values)} samples to {output}", file=_summary_stream(output))
     return 0
 
 
@@ -827,24 +970,54 @@ def _read_contexts(path: Path, names: list[str], model_dir: Path) -> Tensor:
 
 
 def _score(args: argparse.Namespace) -> int:
+    output = _output(args)
     flow = load(args.model)
     table = _read_for_model(args.data, flow, args.model)
     cols = _metadata(flow).get("dequantized_columns", [])
     scores = _log_prob(flow, table.x, table.c, cols, draws=args.draws, seed=args.seed)
-    _write(args.output, scores[:, None], ["log_prob"])
+    _write(output, scores[:, None], ["log_prob"])
     summary = f"scored {len(scores)} rows: average log-likelihood {scores.mean().item():.4f} nats"
-    # With the scores on standard output, the summary goes to standard error.
-    stream = sys.stdout if args.output else sys.stderr
-    print(summary + (f", written to {args.output}" if args.output else ""), file=stream)
+    print(summary + (f", written to {output}" if output else ""), file=_summary_stream(output))
     return 0
 
 
 def _diagnose(args: argparse.Namespace) -> int:
     flow = load(args.model)
     metadata = _metadata(flow)
+    features, context = _dims(flow)
+    out = args.output if args.output is not None else args.model / "diagnostics"
+    two_d = features == 2 and context == 0
+    names = ["normality.csv", "diagnostics.json", "qq.png"] + (["gaussianized.png"] * two_d)
+    paths = [check_new(out / name, force=args.force) for name in names]
+    table, rows = _diagnose_rows(args, flow, metadata)
+    columns = _names(getattr(flow, "columns", None), "x", features)
+    x = _dequantized(table.x, metadata.get("dequantized_columns", []), args.seed)
+    z = gaussianize(flow, x, table.c)
+    result = normality(z, columns)
+    joint = joint_normality(z)
+    out.mkdir(parents=True, exist_ok=True)
+    with _pandas_options():
+        print(f"normality of z = f(x) on {len(z)} {rows} (a good model gives N(0, 1)):")
+        print(result.to_string(float_format=lambda v: f"{v:.4g}"))
+    print("joint: " + ", ".join(f"{k} {v:.4g}" for k, v in joint.items()))
+    with atomic_path(paths[0]) as tmp:
+        result.to_csv(tmp)
+    with atomic_path(paths[1]) as tmp:
+        tmp.write_text(json.dumps(_finite(joint), indent=2) + "\n")
+    from .plot import save_figure
+
+    save_figure(qq_figure(z, columns), paths[2])
+    if two_d:
+        save_figure(gaussianized_figure(flow, x), paths[3])
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _diagnose_rows(args: argparse.Namespace, flow: Flow, metadata: dict) -> tuple[Table, str]:
+    """The rows to diagnose: DATA, else the fit's own test rows, else fresh built-in rows."""
     if args.data is not None:
-        table = _read_for_model(args.data, flow, args.model)
-    elif metadata.get("dataset"):
+        return _read_for_model(args.data, flow, args.model), "rows"
+    if metadata.get("dataset"):
         # Fresh rows (a different seed) of the distribution the model was fit to.
         table = load_dataset(metadata["dataset"], seed=int(metadata.get("seed", 0)) + 1)
         if _dims(flow) != (table.x.shape[1], 0):
@@ -852,31 +1025,43 @@ def _diagnose(args: argparse.Namespace) -> int:
                 f"the built-in dataset {metadata['dataset']!r} does not fit the model in "
                 f"{args.model}; give DATA"
             )
+        return table, f"fresh rows of {metadata['dataset']!r}"
+    split = metadata.get("split")
+    if not isinstance(split, dict) or not metadata.get("data_file"):
+        raise ValueError(
+            f"the model in {args.model} does not record the file it was fit on: give DATA"
+        )
+    path = Path(metadata["data_file"])
+    if not path.is_file():
+        raise ValueError(
+            f"the model in {args.model} was fit on {path}, which is no longer there: give DATA"
+        )
+    if _fingerprint(path) != metadata.get("data_fingerprint"):
+        raise ValueError(
+            f"{path} changed since the model in {args.model} was fit on it, so its test rows "
+            "are unknown: give DATA"
+        )
+    part = "test" if split["test_fraction"] > 0 else "valid"
+    if split.get("stream"):
+        stream = ParquetStream(path, flow.columns, flow.context_columns or None)
+        parts = stream.split(_fractions(split["valid_fraction"], split["test_fraction"]),
+                             seed=split["seed"])  # fmt: skip
+        chunks = list(parts[2 if part == "test" else 1].batches(_CHUNK))
+        x = torch.cat([xb for xb, _ in chunks])
+        c = torch.cat([cb for _, cb in chunks]) if flow.context_columns else None
+        table = Table(x, c, list(flow.columns), list(flow.context_columns or []))
     else:
-        raise ValueError(f"the model in {args.model} was not fit on a built-in dataset: give DATA")
-    features, context = _dims(flow)
-    columns = _names(getattr(flow, "columns", None), "x", features)
-    x = _dequantized(table.x, metadata.get("dequantized_columns", []), args.seed)
-    z = gaussianize(flow, x, table.c)
-    result = normality(z, columns)
-    joint = joint_normality(z)
-    out = args.output if args.output is not None else args.model / "diagnostics"
-    out.mkdir(parents=True, exist_ok=True)
-    with _pandas_options():
-        print(f"normality of z = f(x) on {len(z)} rows (a good model gives N(0, 1)):")
-        print(result.to_string(float_format=lambda v: f"{v:.4g}"))
-    print("joint: " + ", ".join(f"{k} {v:.4g}" for k, v in joint.items()))
-    result.to_csv(out / "normality.csv")
-    (out / "diagnostics.json").write_text(json.dumps(_finite(joint), indent=2) + "\n")
-    from .plot import save_figure
+        table = _read_for_model(path, flow, args.model)
+        idx = _split(len(table.x), split["valid_fraction"], split["test_fraction"],
+                     split["seed"])[2 if part == "test" else 1]  # fmt: skip
+        table = Table(table.x[idx], None if table.c is None else table.c[idx],
+                      table.columns, table.context_columns)  # fmt: skip
+    return table, f"held-out {part} rows of {path}"
 
-    written = [out / "normality.csv", out / "diagnostics.json"]
-    written.append(save_figure(qq_figure(z, columns), out / "qq.png"))
-    if features == 2 and context == 0:
-        fig = gaussianized_figure(flow, x)
-        written.append(save_figure(fig, out / "gaussianized.png"))
-    print("wrote " + ", ".join(str(p) for p in written))
-    return 0
+
+def _fingerprint(path: Path) -> dict:
+    stat = path.stat()
+    return {"bytes": stat.st_size, "modified_ns": stat.st_mtime_ns}
 
 
 def _pandas_options() -> object:
@@ -888,9 +1073,13 @@ def _pandas_options() -> object:
 # --- demo --------------------------------------------------------------------------------
 
 
+_DEMO_FIGURES = ("figure1.png", "gaussianized.png")
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .plot import density_figure, save_figure
 
+    figures = [check_new(args.output / n, force=args.force) for n in _DEMO_FIGURES]
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
     x = figure1(args.points, generator=generator)
@@ -914,14 +1103,14 @@ def _demo(args: argparse.Namespace) -> int:
     path = density_figure(
         flow,
         x,
-        args.output / "figure1.png",
+        figures[0],
         true_log_prob=figure1_log_prob,
         title=f"MAF on the figure-1 density: test log-likelihood {learned:.3f} "
         f"(exact {exact:.3f})",
     )
     print(f"figure: {path}")
     fig = gaussianized_figure(flow, test, true_log_prob=figure1_log_prob)
-    print(f"figure: {save_figure(fig, args.output / 'gaussianized.png')}")
+    print(f"figure: {save_figure(fig, figures[1])}")
     return 0
 
 
@@ -960,6 +1149,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = argv
     try:
         return _COMMANDS[args.command](args)
+    except BrokenPipeError:
+        # The reader went away (`arflows sample m -n 100000 | head -2`): stop quietly. Standard
+        # output is pointed at /dev/null so the flush at exit does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (DataError, ModelError, ValueError) as error:
         return _fail(error, 2)
     except (FloatingPointError, ImportError, OSError) as error:

@@ -26,7 +26,15 @@ Example:
 
 from __future__ import annotations
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "ModelError", "load", "read_config", "save"]
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "ModelError",
+    "is_model_dir",
+    "load",
+    "read_config",
+    "save",
+]
 
 import inspect
 import json
@@ -34,7 +42,7 @@ import math
 import os
 import shutil
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -42,6 +50,7 @@ from torch import Tensor, nn
 
 from . import flows as _flows
 from . import transforms as _transforms
+from ._version import __version__
 from .flows import Flow
 from .nn import MADE
 
@@ -63,8 +72,6 @@ class ModelError(ValueError):
 
 
 def _version() -> str:
-    from . import __version__
-
     return __version__
 
 
@@ -173,7 +180,9 @@ def _names(value: Sequence[str] | None, argument: str, size: object) -> list[str
     return value
 
 
-def _is_model_dir(path: Path) -> bool:
+def is_model_dir(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an arflows model directory (its ``config.json`` says so)."""
+    path = Path(path)
     try:
         with open(path / CONFIG) as file:
             return json.load(file).get("format") == FORMAT
@@ -188,12 +197,14 @@ def save(
     columns: Sequence[str] | None = None,
     context_columns: Sequence[str] | None = None,
     metadata: dict | None = None,
+    extras: Callable[[Path], None] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     r"""Saves a flow as a model directory: ``model.safetensors`` and ``config.json``.
 
     The directory is written next to its final place and renamed into it, so a reader never
-    sees a half-written model; an existing model directory is replaced (moved aside, then
-    deleted). Other existing directories are left alone.
+    sees a half-written model. An existing model directory is replaced (moved aside, then
+    deleted) only with ``overwrite=True``; other existing directories are never touched.
 
     Args:
         flow: The flow; built by a :class:`~arflows.Flow` subclass of :mod:`arflows.flows`
@@ -205,6 +216,10 @@ def save(
             ``flow.context_columns`` if set.
         metadata: JSON-safe information to keep with the model (training summary, ...);
             defaults to ``flow.metadata`` if set.
+        extras: Writes more files (a report, figures) into the directory while it is still
+            being assembled; called with the staging folder before the rename, so the extra
+            files appear together with the model or not at all.
+        overwrite: Replace an existing model directory.
 
     Returns:
         The model directory.
@@ -213,6 +228,7 @@ def save(
         TypeError: For an argument that cannot be stored as JSON (a module passed as
             ``embedding=``, a class from outside the allowed namespaces, ...).
         ModelError: When ``directory`` exists and is not a model directory.
+        FileExistsError: When ``directory`` is a model directory and ``overwrite`` is false.
     """
     from safetensors.torch import save_file
 
@@ -262,10 +278,14 @@ def save(
     target = Path(directory)
     if target.exists() and not target.is_dir():
         raise ModelError(f"cannot save to {target}: it is a file, not a directory")
-    if target.is_dir() and any(target.iterdir()) and not _is_model_dir(target):
+    if target.is_dir() and any(target.iterdir()) and not is_model_dir(target):
         raise ModelError(
             f"cannot save to {target}: it is a non-empty directory that is not an arflows "
             "model; choose another directory"
+        )
+    if is_model_dir(target) and not overwrite:
+        raise FileExistsError(
+            f"cannot save to {target}: a model is there; pass overwrite=True to replace it"
         )
     target.parent.mkdir(parents=True, exist_ok=True)
     # Next to the target, so the rename stays on one file system; mkdir applies the umask.
@@ -278,6 +298,8 @@ def save(
         with open(tmp / CONFIG, "w") as file:
             json.dump(config, file, indent=2, allow_nan=False)
             file.write("\n")
+        if extras is not None:
+            extras(tmp)
         _replace_dir(tmp, target)
     finally:
         if tmp.exists():

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from .files import atomic_path
 from .flows import Flow
 
 if TYPE_CHECKING:
@@ -41,7 +42,10 @@ def new_figure(**kwargs: object) -> Figure:
 
 
 def save_figure(fig: Figure, path: str | Path, *, dpi: int = 100) -> Path:
-    """Writes a figure as a PNG (creating the folder) and returns the path.
+    """Writes a figure (creating the folder) and returns the path.
+
+    The image is written to a temporary name and renamed into place, so an existing file is
+    never left half-written. The format follows the suffix (PNG without one).
 
     Args:
         fig: The figure.
@@ -50,7 +54,8 @@ def save_figure(fig: Figure, path: str | Path, *, dpi: int = 100) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".").lower() or "png")
     return path
 
 

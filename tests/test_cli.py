@@ -171,7 +171,8 @@ def test_integer_columns_are_dequantized_and_sampled_as_integers(tmp_path, capsy
     assert run(["score", model, data, "--draws", "50", "-o", many], capsys)[0] == 0
     one, many = pd.read_csv(one)["log_prob"], pd.read_csv(many)["log_prob"]
     assert many.mean() > one.mean()  # Jensen: log E p(k + u) >= E log p(k + u)
-    argv = ["fit", data, "--columns", "a", "k", "--dequantize", "none", *TINY, "-o", model]
+    argv = ["fit", data, "--columns", "a", "k", "--dequantize", "none", *TINY, "--force"]
+    argv += ["-o", model]
     assert run(argv, capsys)[0] == 0
     assert load(model).metadata["dequantized_columns"] == []
 

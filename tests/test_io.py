@@ -167,7 +167,11 @@ def test_save_replaces_a_model_atomically_and_leaves_other_directories_alone(
     first = randomize(arflows.MAF(2, transforms=1), seed=5).eval()
     second = randomize(arflows.MAF(2, transforms=1), seed=6).eval()
     save(first, tmp_path / "m")
-    save(second, tmp_path / "m")
+    config = (tmp_path / "m" / "config.json").read_bytes()
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        save(second, tmp_path / "m")  # never replaced unless asked
+    assert (tmp_path / "m" / "config.json").read_bytes() == config
+    save(second, tmp_path / "m", overwrite=True)
     _assert_same_density(second, load(tmp_path / "m"), features=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temporary leftovers
 
@@ -176,7 +180,7 @@ def test_save_replaces_a_model_atomically_and_leaves_other_directories_alone(
 
     monkeypatch.setattr("safetensors.torch.save_file", broken)
     with pytest.raises(OSError, match="disk full"):
-        save(first, tmp_path / "m")
+        save(first, tmp_path / "m", overwrite=True)
     _assert_same_density(second, load(tmp_path / "m"), features=2)  # old model intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
     monkeypatch.undo()
