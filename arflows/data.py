@@ -2,7 +2,8 @@ r"""Built-in datasets (figure 1 of the MAF paper, 2-D toys, digits) and data fil
 
 Every generator has the form ``f(n, *, generator=None, dtype=None) -> Tensor (n, 2)``; the
 toys follow the FFJORD paper's scales (most points within :math:`[-4, 4]^2`).
-:func:`read_table` and :func:`write_table` read and write CSV, NPY/NPZ and Parquet files.
+:func:`read_table` and :func:`write_table` read and write CSV, NPY/NPZ and Parquet files;
+:func:`check_rows` refuses data columns that have no density before a fit.
 
 Example:
     >>> x = figure1(1000, generator=torch.Generator().manual_seed(0))
@@ -20,6 +21,7 @@ __all__ = [
     "DIGITS_SPLIT",
     "DataError",
     "Table",
+    "check_rows",
     "checkerboard",
     "digits",
     "digits_splits",
@@ -37,6 +39,7 @@ __all__ = [
 
 import math
 import os
+import re
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -322,6 +325,9 @@ class Table:
         context_columns: The names of the :math:`C` context columns (empty without context).
         integer_columns: The indices into ``columns`` of the columns whose values are all
             integers (candidates for dequantization).
+        notes: What was odd about the file, in plain words, one finding each: the column,
+            what is odd about it and what was done (e.g. ``"column 'name' holds text: left
+            out"``). Empty when nothing was.
     """
 
     x: Tensor
@@ -329,6 +335,7 @@ class Table:
     columns: list[str] = field(default_factory=list)
     context_columns: list[str] = field(default_factory=list)
     integer_columns: list[int] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def _integer_columns(x: np.ndarray) -> list[int]:
@@ -459,15 +466,104 @@ def _kind(series: object) -> str:
     return "mixed" if numbers.any() else "text"
 
 
-def _check_names(names: Sequence[str], available: list[str], argument: str, path: Path) -> None:
+def _check_names(names: Sequence[str], available: list[str], what: str, path: Path) -> None:
+    """Refuses names not in ``available``; ``what`` is ``"data"`` or ``"context"``."""
     if isinstance(names, str):
+        argument = "columns" if what == "data" else "context_columns"
         raise TypeError(f"expected `{argument}` to be a list of column names, got {names!r}")
     unknown = [name for name in names if name not in available]
     if unknown:
+        s = "s" if len(unknown) > 1 else ""
         raise DataError(
-            f"{path}: no column {', '.join(map(repr, unknown))} (`{argument}`); available "
-            f"columns: {', '.join(available)}"
+            f"{path}: unknown {what} column{s} {', '.join(map(repr, unknown))}; available "
+            f"columns: {', '.join(available) or 'none'}"
         )
+
+
+def _check_disjoint(columns: list[str], context: list[str], path: Path) -> None:
+    both = [name for name in columns if name in context]
+    if len(both) == 1:
+        raise DataError(f"{path}: column {both[0]!r} is both a data column and a context column")
+    if both:
+        raise DataError(
+            f"{path}: columns {', '.join(map(repr, both))} are both data and context columns"
+        )
+
+
+# What pandas names the column of a saved index that had no name.
+_UNNAMED = re.compile(r"Unnamed: \d+")
+
+
+def _saved_index(series: object, name: str, first: bool) -> str | None:
+    """Why a column looks like a row index that pandas saved with the data, or ``None``.
+
+    Candidates are columns pandas calls ``Unnamed: <k>`` and a first column named ``index``
+    or nothing. They count when their values number the rows, 0 or 1 up; an ``Unnamed``
+    column also when its values are distinct whole numbers (the index of filtered or
+    shuffled rows).
+    """
+    unnamed = _UNNAMED.fullmatch(name) is not None
+    if not (unnamed or (first and name.strip().lower() in ("", "index"))):
+        return None
+    if _kind(series) != "numeric":
+        return None
+    values = series.to_numpy(dtype=np.float64, na_value=np.nan)
+    n = len(values)
+    for start in (0, 1):
+        if np.array_equal(values, np.arange(start, start + n)):
+            return f"({_count_up(start, n)})"
+    if unnamed and np.all(values == np.round(values)) and len(np.unique(values)) == n:
+        return f"(distinct whole numbers {values.min():g} to {values.max():g})"
+    return None
+
+
+def _count_up(start: int, n: int) -> str:
+    """``"0, 1, ..., N-1"`` for rows numbered from ``start``."""
+    if n <= 3:
+        return ", ".join(str(start + i) for i in range(n))
+    return f"{start}, {start + 1}, ..., {start + n - 1}"
+
+
+def _data_columns(
+    frame: object, columns: Sequence[str] | None, context: list[str], path: Path
+) -> tuple[list[str], list[str]]:
+    """The data columns to read, and notes on what was odd about the file's columns."""
+    available = list(frame.columns)
+    notes = []
+    if columns is not None:
+        _check_names(columns, available, "data", path)
+        names = list(columns)
+        _check_disjoint(names, context, path)
+        for name in names:
+            why = _saved_index(frame[name], name, available.index(name) == 0)
+            if why is not None:
+                notes.append(
+                    f"column {name!r} looks like a saved row index {why}: kept, as it was "
+                    "named as a data column"
+                )
+        return names, notes
+    names = []
+    for k, name in enumerate(available):
+        if name in context:
+            continue
+        series = frame[name]
+        if _kind(series) == "text":
+            example = series.dropna()
+            value = f" (e.g. {example.iloc[0]!r})" if len(example) else ""
+            notes.append(
+                f"column {name!r} holds text{value}: left out; only columns of numbers are "
+                "modelled"
+            )
+            continue
+        why = _saved_index(series, name, k == 0)
+        if why is not None:
+            notes.append(
+                f"column {name!r} looks like a saved row index {why}: left out; name the data "
+                "columns to keep it"
+            )
+            continue
+        names.append(name)
+    return names, notes
 
 
 def _values(frame: object, names: list[str], path: Path) -> np.ndarray:
@@ -516,16 +612,33 @@ def read_table(
     Args:
         path: The file.
         columns: The data columns; defaults to every numeric column that is not a context
-            column (columns of text are left out).
+            column, leaving out columns of text and a row index that pandas saved with the
+            data (a column ``Unnamed: 0``, or a first column ``index``, numbering the rows),
+            each with a note in :attr:`Table.notes`.
         context_columns: The context columns; defaults to none (to ``c``'s columns for NPZ).
 
     Returns:
-        The table; its data in torch's default floating point type.
+        The table; its data in torch's default floating point type, and in ``notes`` what
+        was odd about the file's columns and what was done about it.
 
     Raises:
         DataError: For a missing or unreadable file, an unknown format, unknown column names
-            (the message lists the available ones), a non-numeric column, NaN or infinite
-            values (the message names the row and column) or no data.
+            (the message lists the available ones), a column named as both data and
+            context, a non-numeric column, NaN or infinite values (the message names the
+            row and column) or no data.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = pathlib.Path(tmp) / "saved.csv"
+        ...     _ = path.write_text(",a,label\n0,1.5,x\n1,2.5,y\n2,0.5,x\n")
+        ...     table = read_table(path)
+        >>> table.columns
+        ['a']
+        >>> print(*table.notes, sep="\n")  # doctest: +NORMALIZE_WHITESPACE
+        column 'Unnamed: 0' looks like a saved row index (0, 1, 2): left out; name the data
+        columns to keep it
+        column 'label' holds text (e.g. 'x'): left out; only columns of numbers are modelled
     """
     path = Path(path)
     frame, default_context = _frame(path)
@@ -533,25 +646,16 @@ def read_table(
         raise DataError(f"{path}: no rows of data")
     available = list(frame.columns)
     context = list(default_context if context_columns is None else context_columns)
-    _check_names(context, available, "context_columns", path)
-    if columns is None:
-        names = [n for n in available if n not in context and _kind(frame[n]) != "text"]
-    else:
-        _check_names(columns, available, "columns", path)
-        names = list(columns)
-        both = [n for n in names if n in context]
-        if both:
-            raise DataError(
-                f"{path}: column {', '.join(map(repr, both))} is in both `columns` and "
-                "`context_columns`"
-            )
+    _check_names(context, available, "context", path)
+    names, notes = _data_columns(frame, columns, context, path)
     if not names:
+        why = "".join(f"; {note}" for note in notes)
         raise DataError(
-            f"{path}: no numeric data columns (columns: {', '.join(available) or 'none'})"
+            f"{path}: no numeric data columns (columns: {', '.join(available) or 'none'}){why}"
         )
     x = _values(frame, names, path)
     c = _tensor(_values(frame, context, path), context, path) if context else None
-    return Table(_tensor(x, names, path), c, names, context, _integer_columns(x))
+    return Table(_tensor(x, names, path), c, names, context, _integer_columns(x), notes)
 
 
 def _tensor(values: np.ndarray, names: list[str], path: Path) -> Tensor:
@@ -567,6 +671,101 @@ def _tensor(values: np.ndarray, names: list[str], path: Path) -> Tensor:
             f"large for {str(dtype).removeprefix('torch.')}; rescale the column"
         )
     return tensor
+
+
+def check_rows(
+    x: Tensor,
+    columns: Sequence[str] | None = None,
+    *,
+    dequantized: Sequence[int] = (),
+    share: float = 0.5,
+) -> list[str]:
+    r"""Refuses data columns that have no density; notes columns that are mostly one value.
+
+    A column holding one value in every row has no density: all of its probability sits on
+    a point, so no log-density is finite, and a flow fitted to it narrows onto the value
+    without end (the log-likelihood keeps growing while samples keep a spread). A column
+    that takes one value in most rows (a point mass, e.g. zero-inflated data) can be fitted,
+    but only as a sharp peak, with large log-densities there. Dequantized columns get
+    :math:`U[0, 1)` noise first, so they hold no point mass: a constant one becomes uniform
+    on :math:`[v, v + 1)` and is only noted.
+
+    Args:
+        x: The data, with shape :math:`(N, D)`.
+        columns: The names of the :math:`D` columns, for the messages; ``None``: their
+            indices.
+        dequantized: Indices of the columns that are dequantized before fitting.
+        share: The fraction of the rows, at least one half, above which a single value is
+            noted.
+
+    Returns:
+        Notes in plain words, one per odd column: the column, what is odd, what was done.
+
+    Raises:
+        DataError: For fewer than 2 rows, or columns holding one value in every row (the
+            message names them and their values, or says that all rows are identical).
+
+    Example:
+        >>> x = torch.tensor([[0.0, 1.0], [0.0, 2.0], [0.0, 3.0], [1.5, 4.0]])
+        >>> print(*check_rows(x, ["rain", "t"]))  # doctest: +NORMALIZE_WHITESPACE
+        column 'rain' takes the value 0 in 75% of the rows (a point mass, e.g. zero-inflated
+        data): kept, but a density can only follow it with a sharp peak, so log-densities at
+        0 come out large
+        >>> check_rows(torch.tensor([[0.0, 1.0], [0.0, 2.0]]), ["rain", "t"])
+        Traceback (most recent call last):
+        ...
+        arflows.data.DataError: column 'rain' holds the value 0 in every row: a constant has no density, so no log-density is finite (all of its probability sits on one point); leave the column out
+    """  # noqa: E501
+    if x.dim() != 2:
+        raise ValueError(f"expected `x` with shape (rows, columns), got {tuple(x.shape)}")
+    n, d = x.shape
+    labels = [str(j) for j in range(d)] if columns is None else [repr(c) for c in columns]
+    if len(labels) != d:
+        raise ValueError(f"expected {d} names in `columns` for {d} columns, got {len(labels)}")
+    if not 0.5 <= share < 1:
+        raise ValueError(f"expected `share` in [0.5, 1), got {share!r}")
+    if n < 2:
+        raise DataError(f"only {n} row{'' if n == 1 else 's'} of data: a density needs 2 or more")
+    first = x[0].tolist()
+    noised = torch.zeros(d, dtype=torch.bool)
+    noised[list(dequantized)] = True
+    constant = (x == x[:1]).all(0).cpu()
+    refused = (constant & ~noised).nonzero().flatten().tolist()
+    why = (
+        "a constant has no density, so no log-density is finite (all of its probability sits "
+        "on one point)"
+    )
+    if len(refused) == d:
+        values = ", ".join(f"{label}: {v:g}" for label, v in zip(labels, first, strict=True))
+        raise DataError(f"all {n} rows are identical ({values}): {why}")
+    if len(refused) == 1:
+        j = refused[0]
+        raise DataError(
+            f"column {labels[j]} holds the value {first[j]:g} in every row: {why}; leave the "
+            "column out"
+        )
+    if refused:
+        listing = ", ".join(f"{labels[j]} ({first[j]:g})" for j in refused)
+        raise DataError(
+            f"columns {listing} hold one value each in every row: {why}; leave these columns out"
+        )
+    notes = [
+        f"column {labels[j]} holds the value {first[j]:g} in every row: dequantized, it is "
+        f"uniform on [{first[j]:g}, {first[j] + 1:g}) and tells the model nothing; consider "
+        "leaving it out"
+        for j in (constant & noised).nonzero().flatten().tolist()
+    ]
+    # A value held by more than half of the rows is the median, found quicker than the mode.
+    common = x.median(0).values  # (D,)
+    shares = (x == common).sum(0).cpu() / n
+    for j in ((shares > share) & ~constant & ~noised).nonzero().flatten().tolist():
+        v = f"{common[j].item():g}"
+        notes.append(
+            f"column {labels[j]} takes the value {v} in {shares[j].item():.0%} of the rows (a "
+            "point mass, e.g. zero-inflated data): kept, but a density can only follow it with "
+            f"a sharp peak, so log-densities at {v} come out large"
+        )
+    return notes
 
 
 def write_table(

@@ -93,19 +93,24 @@ class ParquetStream:
         schema = file.schema_arrow
         available = list(schema.names)
         self.context_columns = [] if context_columns is None else list(context_columns)
-        _check_names(self.context_columns, available, "context_columns", self.path)
+        _check_names(self.context_columns, available, "context", self.path)
         if columns is None:
             self.columns = [
                 n for n in available if n not in self.context_columns and _numeric(schema.field(n))
             ]
         else:
-            _check_names(columns, available, "columns", self.path)
+            _check_names(columns, available, "data", self.path)
             self.columns = list(columns)
             both = [n for n in self.columns if n in self.context_columns]
             if both:
+                what = (
+                    "is both a data column and a context column"
+                    if len(both) == 1
+                    else "are both data and context columns"
+                )
                 raise DataError(
-                    f"{self.path}: column {', '.join(map(repr, both))} is in both `columns` "
-                    "and `context_columns`"
+                    f"{self.path}: column{'s' if len(both) > 1 else ''} "
+                    f"{', '.join(map(repr, both))} {what}"
                 )
         if not self.columns:
             raise DataError(

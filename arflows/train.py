@@ -229,6 +229,31 @@ def _check_columns(flow: Flow, rows: Rows, name: str) -> None:
             )
 
 
+def _refuse_constant(
+    constant: Tensor, values: Tensor | None, rows: int, names: Sequence[str] | None
+) -> None:
+    """Refuses data columns with one value in every training row: they have no density."""
+    js = constant.nonzero().flatten().tolist()
+    if not js:
+        return
+    why = (
+        "a constant has no density (a point mass: no finite log-density), and fitting one "
+        "narrows the flow onto the value without end"
+    )
+    if len(js) == len(constant) > 1 and values is not None:
+        listed = ", ".join(f"{v:g}" for v in values.tolist())
+        raise ValueError(f"all {rows} training rows are identical ({listed}): {why}")
+    named = names is not None and len(names) == len(constant)
+    labels = [f"{j} ({names[j]!r})" if named else f"{j}" for j in js]
+    if len(js) == 1:
+        what = "one value" if values is None else f"the value {values[js[0]].item():g}"
+        head = f"data column {labels[0]} holds {what}"
+    else:
+        head = f"data columns {', '.join(labels)} each hold one value"
+    it = "it" if len(js) == 1 else "them"
+    raise ValueError(f"{head} in every training row: {why}; leave {it} out")
+
+
 def _moments(
     flow: Flow, rows: Rows, world: World, noise: _Dequantizer, batch_size: int
 ) -> tuple[Moments, Moments | None]:
@@ -358,7 +383,9 @@ def fit(
         The :class:`History` of the fit.
 
     Raises:
-        ValueError: For bad options or data (fewer than 2 rows, wrong shapes, NaN or inf).
+        ValueError: For bad options or data (fewer than 2 rows, wrong shapes, NaN or inf, a
+            data column that is not dequantised and holds one value in every training row:
+            it has no density; streamed rows are checked in the standardisation pass).
         TypeError: For data that are not numbers.
         FloatingPointError: If the very first step already has a non-finite loss or
             gradient (no good weights exist); the initial weights are restored first.
@@ -410,6 +437,11 @@ def fit(
     in_memory = isinstance(data, TensorRows)
     noisy = _Dequantizer(columns, device if in_memory else torch.device("cpu"), noise_seed + rank)
     train, held = _held_out(valid, data, generator, dtype, device, batch_size)
+    names = x.columns if isinstance(x, ParquetStream) else getattr(flow, "columns", None)
+    if isinstance(train, TensorRows):
+        constant = (train.x == train.x[:1]).all(0)
+        constant[columns] = False  # dequantisation noise spreads these
+        _refuse_constant(constant, train.x[0], train.rows, names)
     held_noise = None
     if held is not None and columns:
         if isinstance(held, TensorRows):
@@ -422,7 +454,10 @@ def fit(
         if isinstance(train, TensorRows):
             flow.standardize_(noisy(train.x), train.c)
         else:
-            flow.standardize_(*_moments(flow, train, world, noisy, batch_size))
+            mx, mc = _moments(flow, train, world, noisy, batch_size)
+            value = mx.mean if flow.support is None else None  # else a support-mapped mean
+            _refuse_constant(mx.constant, value, mx.count, names)
+            flow.standardize_(mx, mc)
 
     optimizer = torch.optim.AdamW(flow.parameters(), lr=lr, weight_decay=weight_decay)
     steps_per_epoch = train.steps(batch_size)

@@ -111,11 +111,11 @@ def test_bad_files_and_columns(tmp_path):
     (tmp_path / "junk.parquet").write_bytes(b"PAR1 this is not parquet")
     with pytest.raises(DataError, match="as Parquet"):
         ParquetStream(tmp_path / "junk.parquet")
-    with pytest.raises(DataError, match=r"no column 'zz' \(`columns`\); available columns: i, k"):
+    with pytest.raises(DataError, match=r"unknown data column 'zz'; available columns: i, k"):
         ParquetStream(path, ["i", "zz"])
     with pytest.raises(DataError, match="'name' is not numeric"):
         ParquetStream(path, ["i", "name"])
-    with pytest.raises(DataError, match="in both"):
+    with pytest.raises(DataError, match="'i' is both a data column and a context column"):
         ParquetStream(path, ["i"], ["i"])
     with pytest.raises(TypeError, match="list of column names"):
         ParquetStream(path, "i")

@@ -93,6 +93,16 @@ class Moments:
         """The column variances (normalised by :math:`N`)."""
         return self.m2 / max(self.count, 1)
 
+    @property
+    def constant(self) -> Tensor:
+        r"""Which columns hold one value in every row, with shape :math:`(D,)`.
+
+        A constant column's deviations from its float64 mean are rounding errors, some
+        :math:`10^{-16}` of the value; real spreads of float32 or float64 data are far above
+        the :math:`10^{-12}` (relative) this allows.
+        """
+        return self.var.sqrt() <= 1e-12 * (1 + self.mean.abs())
+
 
 class Standardization(nn.Module):
     r"""Stored means and scales of data or context columns; the identity until :meth:`set_`.
