@@ -48,11 +48,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from . import flows as _flows
 from . import transforms as _transforms
 from ._version import __version__
-from .flows import Flow
-from .nn import MADE
+from .flows import Flow, flow_classes
 
 FORMAT = "arflows-model"
 FORMAT_VERSION = 1
@@ -211,11 +209,11 @@ def save(
             (such as :class:`~arflows.MAF`) whose arguments are numbers, strings, lists,
             tensors or classes of :mod:`arflows.transforms` / :mod:`torch.nn`.
         directory: The model directory.
-        columns: The names of the :math:`D` data columns; defaults to ``flow.columns`` if set.
+        columns: The names of the :math:`D` data columns; defaults to ``flow.columns``.
         context_columns: The names of the :math:`C` context columns; defaults to
-            ``flow.context_columns`` if set.
+            ``flow.context_columns``.
         metadata: JSON-safe information to keep with the model (training summary, ...);
-            defaults to ``flow.metadata`` if set.
+            defaults to ``flow.metadata``.
         extras: Writes more files (a report, figures) into the directory while it is still
             being assembled; called with the staging folder before the rename, so the extra
             files appear together with the model or not at all.
@@ -235,31 +233,25 @@ def save(
     if not isinstance(flow, Flow):
         raise TypeError(f"expected `flow` to be an arflows Flow, got {type(flow).__name__}")
     name = type(flow).__name__
-    if getattr(_flows, name, None) is not type(flow):
+    if flow_classes().get(name.lower()) is not type(flow):
         raise TypeError(
             f"cannot save a {name}: only flows of arflows.flows can be rebuilt from config.json "
             "(define the flow there, or save flow.state_dict() yourself)"
         )
-    arguments = _arguments(flow)
-    features, context = arguments.get("features"), arguments.get("context", 0)
     config = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "arflows_version": _version(),
         "flow": name,
-        "arguments": arguments,
+        "arguments": _arguments(flow),
         "dtype": _dtype(flow),
-        "columns": _names(
-            getattr(flow, "columns", None) if columns is None else columns, "columns", features
-        ),
+        "columns": _names(flow.columns if columns is None else columns, "columns", flow.features),
         "context_columns": _names(
-            getattr(flow, "context_columns", None) if context_columns is None else context_columns,
+            flow.context_columns if context_columns is None else context_columns,
             "context_columns",
-            context,
+            flow.context,
         ),
-        "metadata": _metadata(
-            getattr(flow, "metadata", None) or {} if metadata is None else metadata, "metadata"
-        ),
+        "metadata": _metadata((flow.metadata or {}) if metadata is None else metadata, "metadata"),
     }
     if not isinstance(config["metadata"], dict):
         raise TypeError(f"expected `metadata` to be a dict, got {type(metadata).__name__}")
@@ -411,10 +403,9 @@ def _check_state(state: dict[str, Tensor], flow: Flow, where: Path) -> None:
 
 def _check_loaded(flow: Flow, config: dict, where: Path) -> None:
     """Checks what the strict state dict load cannot: sizes taken from the file, names."""
-    arguments = config["arguments"]
     for attribute, size, names in (
-        ("standardization", arguments.get("features"), "columns"),
-        ("context_standardization", arguments.get("context", 0), "context_columns"),
+        ("standardization", flow.features, "columns"),
+        ("context_standardization", flow.context, "context_columns"),
     ):
         # The standardisation's buffers take their size from the file (0: not set).
         n = getattr(flow, attribute).loc.numel()
@@ -431,15 +422,12 @@ def _check_loaded(flow: Flow, config: dict, where: Path) -> None:
 
 
 def _flow_class(name: str, where: Path) -> type[Flow]:
-    cls = getattr(_flows, name, None) if not name.startswith("_") else None
-    if not (isinstance(cls, type) and issubclass(cls, Flow) and cls is not Flow):
-        known = sorted(
-            n
-            for n, c in vars(_flows).items()
-            if isinstance(c, type) and issubclass(c, Flow) and c is not Flow
-        )
-        raise ModelError(f"{where}: unknown flow {name!r}; expected one of {', '.join(known)}")
-    return cls
+    # By class name as saved, case and all: config.json is written by save, not typed.
+    classes = {cls.__name__: cls for cls in flow_classes().values()}
+    if name not in classes:
+        known = ", ".join(sorted(classes))
+        raise ModelError(f"{where}: unknown flow {name!r}; expected one of {known}")
+    return classes[name]
 
 
 def _describe(error: BaseException) -> str:
@@ -465,8 +453,8 @@ def load(directory: str | os.PathLike) -> Flow:
     r"""Loads a flow saved by :func:`save`, in evaluation mode and its saved dtype.
 
     Nothing is unpickled: the weights are read with ``safetensors`` and the flow is rebuilt
-    from ``config.json``. The flow gets the attributes ``columns`` and ``context_columns``
-    (lists of names or ``None``) and ``metadata`` (a dict).
+    from ``config.json``. The saved ``columns``, ``context_columns`` and ``metadata`` are
+    set on the flow (see :class:`~arflows.Flow`).
 
     Args:
         directory: The model directory.
@@ -510,8 +498,10 @@ def load(directory: str | os.PathLike) -> Flow:
         flow.load_state_dict(state, strict=True)
         # Degrees and masks are buffers: the file could make the networks non-autoregressive.
         for module in flow.modules():
-            if isinstance(module, MADE):
-                module.check_structure()
+            # MADE conditioners check theirs; io knows flows, not the networks' classes.
+            check = getattr(module, "check_structure", None)
+            if callable(check):
+                check()
     except Exception as error:  # any failure: the weights do not fit
         raise ModelError(
             f"the weights in {path / WEIGHTS} do not fit the {cls.__name__} rebuilt from "

@@ -1,7 +1,10 @@
-r"""Flows: lazy transforms and distributions, MAF and IAF."""
+r"""Flows: lazy transforms and distributions, MAF and IAF; building and scoring them by name."""
 
 __all__ = [
+    "build",
     "flow_classes",
+    "flow_options",
+    "log_prob",
     "NAF",
     "MaskEnsemble",
     "MaskMixture",
@@ -29,6 +32,11 @@ __all__ = [
     "NSF",
     "NormalizingFlow",
     "StandardNormal",
+    "GaussianMixture",
+    "MarginalSpline",
+    "fit_gaussian_mixture",
+    "initialize_",
+    "select_gaussian_mixture",
     "Unconditional",
 ]
 
@@ -41,6 +49,8 @@ from .coupling import (
     RealNVP,
     coupling_layers,
 )
+from .gmm import GaussianMixture, fit_gaussian_mixture, select_gaussian_mixture
+from .initialize import initialize_
 from .lazy import (
     Flow,
     LazyDistribution,
@@ -50,21 +60,11 @@ from .lazy import (
     Unconditional,
 )
 from .linear import LULinear
+from .marginal import MarginalSpline
 from .mixture import AutoregressiveMoG, MADEMoG, MADEMoGFlow
 from .neural import NAF
 from .normalization import ActNorm, BatchNorm
+from .registry import build, flow_classes, flow_options
+from .scoring import log_prob
 from .spline import NSF
 from .standardize import Moments
-
-
-def flow_classes() -> dict[str, type[Flow]]:
-    """The flow classes of :mod:`arflows.flows` by lower-case name (``"maf"``, ``"nsf"``, ...).
-
-    Looked up in this namespace, so a flow family added here reaches the command line and the
-    scikit-learn estimator unchanged.
-    """
-    return {
-        name.lower(): obj
-        for name, obj in globals().items()
-        if isinstance(obj, type) and issubclass(obj, Flow) and obj is not Flow
-    }

@@ -20,8 +20,10 @@ from ..transforms import (
     support_bounds,
 )
 from .bases import StandardNormal
+from .gmm import GaussianMixture
 from .lazy import Flow, LazyInverse, LazyTransform, check_sizes
 from .linear import LULinear
+from .marginal import MarginalSpline
 from .mixture import MADEMoG
 from .normalization import ActNorm, BatchNorm
 
@@ -177,7 +179,7 @@ def _orders(
             yield torch.arange(features - 1, -1, -1)
 
 
-_BASES = ("normal", "mog")
+_BASES = ("normal", "gaussian", "gmm", "mog")
 _LINEARS = (None, "lu")
 # MaskedAutoregressiveTransform's own options, which the MoG base's MADE does not take.
 _TRANSFORM_ONLY = ("univariate", "univariate_kwargs", "passes", "inverse")
@@ -210,9 +212,17 @@ class MAF(Flow):
         generator: The random generator for ``randperm`` and random degrees.
         embedding: A module applied to the context once per call (see :class:`Flow`);
             ``context`` is then its output size.
-        base: ``"normal"`` (standard normal) or ``"mog"`` (a MADE mixture of Gaussians, in the
-            order following the last layer's).
-        components: The mixture components per feature of the ``"mog"`` base.
+        base: ``"normal"`` (standard normal), ``"gaussian"`` (a full-covariance Gaussian,
+            :class:`~arflows.flows.GaussianMixture` with one component), ``"gmm"`` (a
+            full-covariance Gaussian mixture of up to ``components`` components) or ``"mog"``
+            (a MADE mixture of Gaussians, in the order following the last layer's). The
+            ``"gaussian"`` and ``"gmm"`` bases start as :math:`\mathcal{N}(0, I)`;
+            :func:`~arflows.flows.initialize_` fits them to the data (EM).
+        components: The mixture components per feature of the ``"mog"`` base, or the most
+            components of the ``"gmm"`` base.
+        marginals: A :class:`~arflows.flows.MarginalSpline` first (data side, after the
+            standardisation): per-column monotone maps that
+            :func:`~arflows.flows.initialize_` sets to Gaussianise each column.
         batch_norm: Batch normalisation after every MADE layer. In training mode it
             normalises with the statistics of each batch (at least two points per call); call
             ``flow.eval()`` to evaluate single points with the running averages.
@@ -248,6 +258,7 @@ class MAF(Flow):
         embedding: nn.Module | None = None,
         base: str = "normal",
         components: int = 10,
+        marginals: bool = False,
         batch_norm: bool = False,
         actnorm: bool = False,
         linear: str | None = None,
@@ -272,7 +283,7 @@ class MAF(Flow):
             support_bounds(support, features)  # one entry per feature, checked before any layer
         # Drawn lazily: each layer's order just before its MADE, as the random stream expects.
         orders = _orders(features, transforms + (base == "mog"), randperm, generator)
-        layers = []
+        layers = [MarginalSpline(features)] if marginals else []
         for k in range(transforms):
             if linear == "lu" and k > 0:
                 layers.append(LULinear(features))
@@ -293,7 +304,16 @@ class MAF(Flow):
             made_kwargs = {k: v for k, v in kwargs.items() if k not in _TRANSFORM_ONLY}
             made_kwargs.update(order=next(orders), generator=generator)
             lazy_base = MADEMoG(features, context, components, hidden_features, **made_kwargs)
-        super().__init__(layers, lazy_base, embedding=embedding, support=support)
+        elif base in ("gaussian", "gmm"):
+            lazy_base = GaussianMixture(features, components if base == "gmm" else 1)
+        super().__init__(
+            layers,
+            lazy_base,
+            embedding=embedding,
+            support=support,
+            features=features,
+            context=context,
+        )
 
 
 class IAF(MAF):
@@ -330,4 +350,8 @@ class IAF(MAF):
                     "or linear='lu'"
                 )
         super().__init__(features, context, transforms, *args, **kwargs)
-        self.transforms = nn.ModuleList(LazyInverse(t) for t in self.transforms)
+        # The marginal maps stay data to noise: their inverse is as cheap, and initialize_
+        # sets them in that direction.
+        self.transforms = nn.ModuleList(
+            t if isinstance(t, MarginalSpline) else LazyInverse(t) for t in self.transforms
+        )

@@ -242,7 +242,14 @@ class RealNVP(Flow):
             hidden_features=hidden_features,
             **kwargs,
         )
-        super().__init__(layers, StandardNormal(features), embedding=embedding, support=support)
+        super().__init__(
+            layers,
+            StandardNormal(features),
+            embedding=embedding,
+            support=support,
+            features=features,
+            context=context,
+        )
 
 
 def _diagonal_scale(log_scale: Tensor) -> Transform:

@@ -269,6 +269,23 @@ class NormalizingFlow(Distribution):
         )
 
 
+def _event_size(base: LazyDistribution) -> int:
+    """The number of features of an unconditional lazy base, for flows built without one."""
+    try:
+        with torch.no_grad():
+            shape = base().event_shape
+    except Exception as error:
+        raise TypeError(
+            f"cannot find the number of features from the base {type(base).__name__} "
+            f"({error}); pass `features=` to Flow"
+        ) from None
+    if len(shape) != 1:
+        raise TypeError(
+            f"expected a base with event shape (D,), got {tuple(shape)}; pass `features=`"
+        )
+    return shape[0]
+
+
 class Flow(LazyDistribution):
     r"""A normalizing flow: lazy transforms :math:`f_1, \dots, f_n` on a lazy base.
 
@@ -296,6 +313,20 @@ class Flow(LazyDistribution):
             :class:`~arflows.transforms.SupportTransform`): a list of length :math:`D` of
             ``None`` (unbounded), ``(a, b)``, ``(a, None)`` or ``(None, b)``. Points outside
             get log-density :math:`-\infty`; samples lie inside.
+        features: The number of features :math:`D`; by default the event size of
+            ``base()`` (pass it when the base needs a context).
+        context: The context size :math:`C` the transforms and base take (0 for
+            unconditional flows).
+
+    Attributes:
+        features: The number of features :math:`D`.
+        context: The context size :math:`C` (0 for unconditional flows); with an
+            ``embedding``, the embedding's output size.
+        columns: The names of the :math:`D` data columns, or ``None``. Set by the user, by
+            :func:`arflows.load` and by the command line; :func:`arflows.save` stores them.
+        context_columns: The names of the :math:`C` context columns, or ``None``.
+        metadata: JSON-safe information kept with the model (a dict, empty by default);
+            :func:`arflows.save` stores it and :func:`arflows.load` restores it.
 
     The constructor arguments of every subclass are recorded in :attr:`config` (the call as
     written), so :func:`arflows.save` can rebuild the flow without pickling code.
@@ -314,8 +345,15 @@ class Flow(LazyDistribution):
         *,
         embedding: nn.Module | None = None,
         support: Sequence | None = None,
+        features: int | None = None,
+        context: int = 0,
     ):
         super().__init__()
+        self.features: int = _event_size(base) if features is None else features
+        self.context: int = context
+        self.columns: list[str] | None = None
+        self.context_columns: list[str] | None = None
+        self.metadata: dict = {}
         self.transforms = nn.ModuleList(transforms)
         self.base = base
         self.embedding = embedding
@@ -368,7 +406,7 @@ class Flow(LazyDistribution):
             x = self.support()(x)
         return Moments.of(x), None if c is None else Moments.of(c)
 
-    def context(self, c: Tensor | None) -> Tensor | None:
+    def embed_context(self, c: Tensor | None) -> Tensor | None:
         r"""The context as the transforms see it: standardised, then embedded."""
         if c is None:
             return None
@@ -392,7 +430,7 @@ class Flow(LazyDistribution):
         dtype = self._dtype()
         if c is not None:
             c = checked_values("context", c, dtype)
-        c = self.context(c)
+        c = self.embed_context(c)
         parts, bounded = [], None
         if self.support is not None:
             support = self.support(c)

@@ -274,4 +274,11 @@ class MADEMoGFlow(Flow):
         base = MADEMoG(features, context, components, hidden_features, **kwargs)
         # Flow composes at least one transform: the identity permutation costs one gather.
         identity = Unconditional(PermutationTransform, torch.arange(features))
-        super().__init__([identity], base, embedding=embedding, support=support)
+        super().__init__(
+            [identity],
+            base,
+            embedding=embedding,
+            support=support,
+            features=features,
+            context=context,
+        )

@@ -82,4 +82,12 @@ class NSF(MAF):
         layers = coupling_layers(
             features, context, transforms, hidden_features=hidden_features, **spline, **kwargs
         )
-        Flow.__init__(self, layers, StandardNormal(features), embedding=embedding, support=support)
+        Flow.__init__(
+            self,
+            layers,
+            StandardNormal(features),
+            embedding=embedding,
+            support=support,
+            features=features,
+            context=context,
+        )
