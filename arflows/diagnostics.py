@@ -35,13 +35,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .flows import Flow
+from .flows import Flow, log_prob
 
 if TYPE_CHECKING:
     import pandas
     from matplotlib.figure import Figure
 
-_CHUNK = 8192
+_CHUNK = 8192  # rows mapped to the base space per call of the flow
 
 
 def _as_matrix(name: str, z: Tensor | np.ndarray) -> np.ndarray:
@@ -274,9 +274,7 @@ def gaussianized_figure(
     z = gaussianize(flow, x)
     xx, yy, grid = density_grid(x, resolution)
     with _evaluating(flow):
-        density = torch.cat(
-            [flow().log_prob(g.to(param.device)).exp().cpu() for g in grid.split(_CHUNK)]
-        ).view_as(xx)
+        density = log_prob(flow, grid).exp().view_as(xx)
     shown = x[:max_points].numpy()
     panels: list[tuple[str, object]] = [("data", shown)]
     if true_log_prob is not None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 __all__ = ["FlowDensity"]
 
-import inspect
 import numbers
 from collections.abc import Sequence
 
@@ -33,11 +32,8 @@ except ImportError as error:  # pragma: no cover - depends on the environment
         "arflows.sklearn needs scikit-learn; install it with `pip install 'arflows[sklearn]'`"
     ) from error
 
-from . import flows as _flows
-from .flows import Flow
+from .flows import Flow, build, flow_classes, flow_options, log_prob
 from .train import History, fit
-
-_BATCH = 8192
 
 
 def _validate(estimator: BaseEstimator, X: object, reset: bool) -> np.ndarray:
@@ -48,21 +44,6 @@ def _validate(estimator: BaseEstimator, X: object, reset: bool) -> np.ndarray:
     except ImportError:  # scikit-learn < 1.6
         return estimator._validate_data(X, reset=reset, **options)
     return validate_data(estimator, X, reset=reset, **options)
-
-
-def _accepts(cls: type, name: str) -> bool:
-    """Whether ``cls(...)`` takes the keyword ``name``, following ``**kwargs`` up to Flow."""
-    for klass in cls.__mro__:
-        if klass is Flow:  # its `transforms` are lazy modules, not a layer count
-            return False
-        if "__init__" not in vars(klass):
-            continue
-        parameters = inspect.signature(klass.__init__).parameters
-        if name in parameters:
-            return parameters[name].kind is not inspect.Parameter.VAR_POSITIONAL
-        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-            return False
-    return False
 
 
 def _tensor(X: np.ndarray) -> torch.Tensor:
@@ -147,9 +128,8 @@ class FlowDensity(DensityMixin, BaseEstimator):
     def _build(self, features: int) -> Flow:
         if not isinstance(self.flow, str):
             raise TypeError(f"expected `flow` to be a flow name, got {self.flow!r}")
-        classes = _flows.flow_classes()
-        cls = classes.get(self.flow.lower())
-        if cls is None:
+        classes = flow_classes()
+        if self.flow.lower() not in classes:
             raise ValueError(
                 f"expected `flow` in {sorted(classes)} (the flows of this arflows), "
                 f"got {self.flow!r}"
@@ -166,8 +146,9 @@ class FlowDensity(DensityMixin, BaseEstimator):
             "hidden_features": tuple(int(h) for h in hidden),
             "bins": self.bins,
         }
-        kwargs = {name: value for name, value in options.items() if _accepts(cls, name)}
-        return cls(features, **kwargs).double()
+        accepted = flow_options(self.flow)
+        kwargs = {name: value for name, value in options.items() if name in accepted}
+        return build(self.flow, features, **kwargs).double()
 
     def fit(self, X: object, y: None = None) -> FlowDensity:
         r"""Fits the flow to the rows of ``X`` by maximum likelihood.
@@ -202,7 +183,6 @@ class FlowDensity(DensityMixin, BaseEstimator):
         self.history_: History = history
         return self
 
-    @torch.no_grad()
     def score_samples(self, X: object) -> np.ndarray:
         r"""The log-density :math:`\log p(x)` of each row of ``X``.
 
@@ -213,11 +193,7 @@ class FlowDensity(DensityMixin, BaseEstimator):
             The log-densities in nats, a float64 array with shape :math:`(N,)`.
         """
         check_is_fitted(self)
-        x = _tensor(_validate(self, X, reset=False))
-        dist = self.flow_()
-        return torch.cat(
-            [dist.log_prob(x[i : i + _BATCH]) for i in range(0, len(x), _BATCH)]
-        ).numpy()
+        return log_prob(self.flow_, _tensor(_validate(self, X, reset=False))).numpy()
 
     def score(self, X: object, y: None = None) -> float:
         r"""The average log-likelihood per row, :math:`\frac1N \sum_n \log p(x_n)`.
