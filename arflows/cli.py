@@ -32,16 +32,24 @@ from torch import Tensor
 
 from . import flows as _flows
 from ._version import __version__
-from .data import DataError, Table, figure1, figure1_log_prob, load_dataset, read_table
+from .data import (
+    DataError,
+    ParquetStream,
+    Table,
+    dequantize,
+    discrete_log_prob,
+    figure1,
+    figure1_log_prob,
+    load_dataset,
+    read_table,
+    split_indices,
+)
 from .data import write_table as _write_table
-from .dequantize import dequantize, discrete_log_prob
 from .diagnostics import gaussianize, gaussianized_figure, joint_normality, normality, qq_figure
-from .distributed import World, init_from_env, shutdown
 from .files import FileExists, atomic_path, check_new, is_device
 from .flows import MAF, Flow
 from .io import ModelError, is_model_dir, load, save
-from .parquet import ParquetStream
-from .train import fit
+from .train import World, fit, init_from_env, shutdown
 
 _CHUNK = 8192
 
@@ -644,8 +652,9 @@ def _split(n: int, valid: float, test: float, seed: int) -> tuple[Tensor, Tensor
         raise ValueError(
             f"too few rows ({n}) for --valid-fraction {valid} and --test-fraction {test}"
         )
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return perm[n_test + n_valid :], perm[n_test : n_test + n_valid], perm[:n_test]
+    sizes = (n_test, n_valid, n - n_test - n_valid)
+    test, valid, train = split_indices(n, sizes, torch.Generator().manual_seed(seed))
+    return train, valid, test
 
 
 def _quiet(*args: object, **kwargs: object) -> None:

@@ -128,8 +128,7 @@ def memory_worker(spec: dict) -> dict:
     import torch
 
     import arflows
-    from arflows.data import read_table
-    from arflows.parquet import ParquetStream
+    from arflows.data import ParquetStream, read_table
 
     torch.set_num_threads(spec["threads"])
     # Warm-up: both kinds of fit on a tiny file, so that lazily loaded code and one-off
@@ -172,7 +171,7 @@ def ddp_worker(spec: dict) -> None:
     import torch
 
     import arflows
-    from arflows.distributed import init_from_env, shutdown
+    from arflows.train import init_from_env, shutdown
 
     torch.set_num_threads(1)
     world, _ = init_from_env("cpu")

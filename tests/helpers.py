@@ -30,14 +30,14 @@ def autograd_ladj(t, x: torch.Tensor) -> torch.Tensor:
 
 
 def keep_checkpoint_copies(monkeypatch, folder) -> list:
-    """Makes arflows.train keep a copy of every checkpoint it writes; returns their paths."""
-    import arflows.train
+    """Makes arflows.fit keep a copy of every checkpoint it writes; returns their paths."""
+    import arflows.train.checkpoint
 
-    copies, real = [], arflows.train.write_checkpoint
+    copies, real = [], arflows.train.checkpoint.write_checkpoint
 
     def write_and_copy(path, state):
         real(path, state)
         copies.append(shutil.copy(path, folder / f"copy{len(copies)}"))
 
-    monkeypatch.setattr(arflows.train, "write_checkpoint", write_and_copy)
+    monkeypatch.setattr(arflows.train.checkpoint, "write_checkpoint", write_and_copy)
     return copies

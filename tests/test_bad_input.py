@@ -19,11 +19,11 @@ from safetensors.torch import load_file, save, save_file
 from torch import nn
 
 import arflows
-from arflows.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
 from arflows.cli import main
 from arflows.flows import ActNorm, LULinear, MaskedCouplingTransform, StandardNormal
 from arflows.io import ModelError, load
 from arflows.nn import MADE, DenseNN, MaskedLinear
+from arflows.train.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
 from arflows.transforms import MonotonicRQSTransform, PermutationTransform, Transform
 
 NAN, INF = float("nan"), float("inf")

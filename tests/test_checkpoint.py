@@ -12,9 +12,9 @@ import torch
 
 import arflows
 import arflows.train
-from arflows.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
 from arflows.io import load
 from arflows.train import fit
+from arflows.train.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
 from tests.helpers import keep_checkpoint_copies
 
 
@@ -139,15 +139,15 @@ def test_same_seed_gives_bit_identical_weights_and_history(reference):
 
 SLOW_FIT = """
 import sys, time
-import arflows.train
+import arflows.train.step
 from arflows.cli import main
 
 # Slow epochs, so that the kill lands in the middle of the fit.
-epoch = arflows.train._Step.epoch
+epoch = arflows.train.step.Step.epoch
 def slow(self, *args, **kwargs):
     time.sleep(0.4)
     return epoch(self, *args, **kwargs)
-arflows.train._Step.epoch = slow
+arflows.train.step.Step.epoch = slow
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.distributions import Independent, Normal
 
-from arflows.dequantize import dequantize, discrete_log_prob, integer_columns
+from arflows.data import dequantize, discrete_log_prob, integer_columns
 from arflows.flows import Flow, MaskedAutoregressiveTransform, StandardNormal
 from arflows.flows.agnostic import OrderAgnosticMAF
 from tests.helpers import randomize

@@ -120,7 +120,7 @@ def test_column_errors_name_the_column_and_not_an_argument(tmp_path, kwargs, mat
         pytest.importorskip("pyarrow")
         path = tmp_path / "d.parquet"
         _frame().to_parquet(path, index=False)
-        read = arflows.parquet.ParquetStream
+        read = arflows.data.ParquetStream
     else:
         path = tmp_path / "d.csv"
         _frame().to_csv(path, index=False)
@@ -205,7 +205,7 @@ def test_fit_refuses_a_constant_column_of_a_parquet_stream_by_name(tmp_path):
     pytest.importorskip("pyarrow")
     path = tmp_path / "d.parquet"
     _frame(200).assign(k=7).to_parquet(path, index=False)
-    stream = arflows.parquet.ParquetStream(path)
+    stream = arflows.data.ParquetStream(path)
     with pytest.raises(ValueError, match=r"^data column 1 \('k'\) holds the value 7 in every"):
         arflows.fit(_tiny(), stream, **QUIET)
     _frame(200).assign(a=0.5, k=7).to_parquet(path, index=False)

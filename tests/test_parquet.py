@@ -11,8 +11,7 @@ import pytest
 import torch
 
 import arflows
-from arflows.data import DataError
-from arflows.parquet import ParquetStream
+from arflows.data import DataError, ParquetStream
 
 pytest.importorskip("pyarrow")
 
@@ -142,7 +141,7 @@ def test_missing_values_are_reported_with_their_row(tmp_path):
 MEMORY_SCRIPT = """
 import json, resource, sys, torch
 import arflows
-from arflows.parquet import ParquetStream
+from arflows.data import ParquetStream
 
 torch.manual_seed(0)
 def peak():

@@ -8,9 +8,9 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 import arflows
 import arflows.train
-from arflows.checkpoint import read_checkpoint
-from arflows.parquet import ParquetStream
+from arflows.data import ParquetStream
 from arflows.train import fit
+from arflows.train.checkpoint import read_checkpoint
 from tests.helpers import keep_checkpoint_copies
 
 QUIET = dict(progress=False, seed=2, lr=3e-3)
@@ -178,7 +178,7 @@ def test_resume_mid_epoch_of_a_parquet_stream_is_bit_identical(tmp_path, monkeyp
 
 
 def test_resume_refuses_foreign_checkpoints_with_a_clear_error(tmp_path):
-    from arflows.checkpoint import write_checkpoint
+    from arflows.train.checkpoint import write_checkpoint
 
     x, c = data()
     ckpt = tmp_path / "c.safetensors"

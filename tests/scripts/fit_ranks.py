@@ -18,8 +18,8 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 import arflows
-from arflows.distributed import init_from_env, shutdown
-from arflows.parquet import ParquetStream
+from arflows.data import ParquetStream
+from arflows.train import init_from_env, shutdown
 
 
 def data() -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,7 +1,7 @@
 r"""Where :func:`arflows.fit` takes its rows from: tensors, Datasets, DataLoaders, Parquet.
 
 Every source gives, for one pass, this process's part of each global mini-batch as
-``(x, c)`` tensors. In a distributed run (:mod:`arflows.distributed`) the in-memory,
+``(x, c)`` tensors. In a distributed run (:mod:`arflows.train.distributed`) the in-memory,
 :class:`~torch.utils.data.Dataset` and Parquet sources deal each global batch out across the
 processes, so the run follows the path of one process on the combined batch; a user's
 :class:`~torch.utils.data.DataLoader` is taken as it is (each process iterates its own,
@@ -23,8 +23,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from ..data import ParquetStream, split_indices
 from .distributed import World
-from .parquet import ParquetStream
 
 Batch = tuple[Tensor, "Tensor | None"]
 Noise = Callable[[Tensor], Tensor]
@@ -143,9 +143,8 @@ class TensorRows(Rows):
 
     def split(self, fraction: float, generator: torch.Generator) -> tuple[Rows, Rows]:  # noqa: D102
         n_valid = _held_rows(self.rows, fraction)
-        perm = torch.randperm(self.rows, generator=generator).to(self.x.device)
-        tr, va = perm[n_valid:], perm[:n_valid]
-        return self._take(tr), self._take(va)
+        va, tr = split_indices(self.rows, (n_valid, self.rows - n_valid), generator)
+        return self._take(tr.to(self.x.device)), self._take(va.to(self.x.device))
 
     def fingerprint(self) -> tuple:  # noqa: D102
         # Sums of the values catch processes handed different rows of the same size.
@@ -242,11 +241,11 @@ class DatasetRows(Rows):
 
     def split(self, fraction: float, generator: torch.Generator) -> tuple[Rows, Rows]:  # noqa: D102
         n_valid = _held_rows(self.rows, fraction)
-        perm = self.indices[torch.randperm(self.rows, generator=generator)]
+        va, tr = split_indices(self.rows, (n_valid, self.rows - n_valid), generator)
         dtype = self.check.dtype
         return (
-            DatasetRows(self.dataset, dtype, perm[n_valid:], self.workers),
-            DatasetRows(self.dataset, dtype, perm[:n_valid], self.workers),
+            DatasetRows(self.dataset, dtype, self.indices[tr], self.workers),
+            DatasetRows(self.dataset, dtype, self.indices[va], self.workers),
         )
 
     def batches(  # noqa: D102
@@ -339,7 +338,7 @@ class LoaderRows(Rows):
 
 
 class ParquetRows(Rows):
-    """A :class:`~arflows.parquet.ParquetStream`, read by every process, dealt out per batch."""
+    """A :class:`~arflows.data.ParquetStream`, read by every process, dealt out per batch."""
 
     def __init__(self, stream: ParquetStream, dtype: torch.dtype):
         self.stream, self.dtype = stream, dtype
@@ -393,7 +392,7 @@ def as_rows(
         name: The argument's name, for errors.
         x: A tensor or array :math:`(N, D)`; a map-style Dataset or an IterableDataset whose
             items are ``x_n`` or ``(x_n, c_n)``; a DataLoader of such batches; a
-            :class:`~arflows.parquet.ParquetStream` or the path of a ``.parquet`` file.
+            :class:`~arflows.data.ParquetStream` or the path of a ``.parquet`` file.
         c: The contexts :math:`(N, C)` of in-memory rows; ``None`` for the others (their
             items carry them).
         dtype: The floating point type of the rows.

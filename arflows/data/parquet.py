@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .data import DataError, _check_names
+from .columns import DataError, check_disjoint, check_names
 
 # Rows per block of split uniforms: each block is drawn from its own seeded generator, so a
 # row's part is found without drawing the numbers of all rows before it.
@@ -93,25 +93,15 @@ class ParquetStream:
         schema = file.schema_arrow
         available = list(schema.names)
         self.context_columns = [] if context_columns is None else list(context_columns)
-        _check_names(self.context_columns, available, "context", self.path)
+        check_names(self.context_columns, available, "context", self.path)
         if columns is None:
             self.columns = [
                 n for n in available if n not in self.context_columns and _numeric(schema.field(n))
             ]
         else:
-            _check_names(columns, available, "data", self.path)
+            check_names(columns, available, "data", self.path)
             self.columns = list(columns)
-            both = [n for n in self.columns if n in self.context_columns]
-            if both:
-                what = (
-                    "is both a data column and a context column"
-                    if len(both) == 1
-                    else "are both data and context columns"
-                )
-                raise DataError(
-                    f"{self.path}: column{'s' if len(both) > 1 else ''} "
-                    f"{', '.join(map(repr, both))} {what}"
-                )
+            check_disjoint(self.columns, self.context_columns, self.path)
         if not self.columns:
             raise DataError(
                 f"{self.path}: no numeric data columns (columns: {', '.join(available) or 'none'})"

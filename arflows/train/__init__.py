@@ -1,0 +1,29 @@
+r"""Maximum-likelihood training: :func:`fit`, its rows, steps, checkpoints and processes.
+
+* :mod:`~arflows.train.loop`: :func:`fit`, read top to bottom.
+* :mod:`~arflows.train.setup`: options, rows, validation split, noise, standardisation.
+* :mod:`~arflows.train.step`: the optimisation step and the data-parallel (DDP) set-up.
+* :mod:`~arflows.train.validation`: scores, best weights and early stopping per epoch.
+* :mod:`~arflows.train.rows`: where the rows come from (tensors, Datasets, DataLoaders,
+  Parquet streams).
+* :mod:`~arflows.train.checkpoint`: atomic checkpoints without pickle, and resuming.
+* :mod:`~arflows.train.distributed`: the process group as a fit sees it (torchrun).
+* :mod:`~arflows.train.history`: :class:`History`, what a fit did.
+"""
+
+__all__ = [
+    "CheckpointError",
+    "History",
+    "World",
+    "current_world",
+    "fit",
+    "init_from_env",
+    "read_checkpoint",
+    "shutdown",
+    "write_checkpoint",
+]
+
+from .checkpoint import CheckpointError, read_checkpoint, write_checkpoint
+from .distributed import World, current_world, init_from_env, shutdown
+from .history import History
+from .loop import fit
