@@ -1,0 +1,569 @@
+"""``arflows fit``: fit a flow to a data file or a built-in dataset, save it with a report."""
+
+from __future__ import annotations
+
+__all__ = ["add_parser", "run"]
+
+import argparse
+import json
+import shlex
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .._version import __version__
+from ..data import ParquetStream, Table, load_dataset, read_table
+from ..files import FileExists
+from ..flows import Flow, build, flow_classes, flow_options
+from ..io import is_model_dir, save
+from ..train import World, fit, init_from_env, shutdown
+from .common import (
+    CHUNK,
+    fingerprint,
+    finite,
+    fmt,
+    fractions,
+    scores,
+    short,
+    split,
+)
+from .parsing import (
+    add_command,
+    bound,
+    force_argument,
+    fraction,
+    positive_float,
+    positive_int,
+)
+
+_DESCRIPTION = (
+    "Fits a normalizing flow by maximum likelihood to the rows of DATA (CSV with a header, "
+    "NPY, NPZ or Parquet), holding out a validation split for early stopping and a test "
+    "split for an honest score. Prints the train/valid/test average log-likelihood in "
+    "nats per row, and writes the model directory (model.safetensors, config.json) with "
+    "report.json, report.md and loss.png. Without DATA it fits the built-in figure-1 "
+    "density of the MAF paper (or --dataset NAME). Data and context are standardised "
+    "inside the model; integer-valued columns are dequantized (uniform noise) unless "
+    "--dequantize none. With --stream a Parquet file is read in batches, never whole. "
+    "Launched by torchrun, the processes train data-parallel (gloo on CPU, NCCL on GPUs) "
+    "with --batch-size rows per step in all, and only rank 0 prints and writes."
+)
+_EXAMPLES = (
+    "  arflows fit                                  # built-in figure-1 data -> model/\n"
+    "  arflows fit data.csv --flow nsf -o model\n"
+    "  arflows fit data.csv --columns x y --context-columns t --epochs 200 -o model\n"
+    "  arflows fit big.parquet --stream --batch-size 4096 -o model\n"
+    "  torchrun --nproc_per_node 4 -m arflows fit data.csv -o model   # data-parallel\n"
+)
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    """Adds ``fit`` to the subcommands."""
+    p = add_command(
+        commands,
+        "fit",
+        "fit a flow to a data file (or a built-in dataset) and save it",
+        _DESCRIPTION,
+        _EXAMPLES,
+    )
+    _data_arguments(p)
+    _flow_arguments(p)
+    _training_arguments(p)
+    _output_arguments(p)
+    p.set_defaults(run=run)
+
+
+def _data_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", nargs="?", type=Path, metavar="DATA", help="the data file")
+    p.add_argument(
+        "--dataset",
+        default=None,
+        metavar="NAME",
+        help="a built-in dataset instead of DATA: figure1 (default), moons, 8gaussians, "
+        "checkerboard, pinwheel, spirals, rings, digits",
+    )
+    p.add_argument(
+        "--points", type=positive_int, metavar="N", help="rows drawn from a built-in dataset"
+    )
+    p.add_argument("--columns", nargs="+", metavar="NAME", help="data columns (default: all)")
+    p.add_argument("--context-columns", nargs="+", metavar="NAME", help="columns to condition on")
+
+
+def _flow_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--flow",
+        default="maf",
+        metavar="NAME",
+        help=f"the flow family: {', '.join(sorted(flow_classes()))} (maf)",
+    )
+    p.add_argument(
+        "--transforms", type=positive_int, default=5, metavar="K", help="flow layers (5)"
+    )
+    p.add_argument(
+        "--hidden",
+        type=positive_int,
+        nargs="+",
+        default=[64, 64],
+        metavar="H",
+        help="hidden widths of each layer's network (64 64)",
+    )
+    p.add_argument(
+        "--bins", type=positive_int, metavar="K", help="spline bins (nsf only; default 8)"
+    )
+
+
+def _training_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--epochs", type=positive_int, default=100, metavar="N", help="maximum epochs (100)"
+    )
+    p.add_argument(
+        "--batch-size", type=positive_int, default=256, metavar="N", help="mini-batch rows (256)"
+    )
+    p.add_argument(
+        "--lr", type=positive_float, default=1e-3, metavar="LR", help="learning rate (1e-3)"
+    )
+    p.add_argument(
+        "--patience",
+        type=positive_int,
+        default=10,
+        metavar="N",
+        help="epochs without progress (10)",
+    )
+    p.add_argument(
+        "--schedule", choices=("cosine", "plateau", "none"), help="learning-rate schedule"
+    )
+    p.add_argument(
+        "--valid-fraction", type=fraction, default=0.1, metavar="F", help="validation rows (0.1)"
+    )
+    p.add_argument(
+        "--test-fraction",
+        type=fraction,
+        default=0.1,
+        metavar="F",
+        help="held-out test rows (0.1; 0: none)",
+    )
+    p.add_argument(
+        "--dequantize",
+        choices=("auto", "none"),
+        default="auto",
+        help="auto: add U[0,1) noise to integer-valued columns (default); none: never",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, metavar="S", help="seed of the split, init and noise (0)"
+    )
+    p.add_argument(
+        "--device", default="cpu", metavar="DEVICE", help="torch device, e.g. cuda (cpu)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument(
+        "--stream",
+        action="store_true",
+        help="read a Parquet DATA file in batches instead of into memory (for more rows than "
+        "fit in RAM); splits are drawn row by row, integer-typed columns are dequantized",
+    )
+
+
+def _output_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=Path("model"),
+        metavar="MODEL_DIR",
+        help="the model directory to write (model); checkpoints go to MODEL_DIR.partial/ "
+        "until it is written",
+    )
+    p.add_argument(
+        "--bounds",
+        nargs="+",
+        type=bound,
+        metavar="COL=LOW:HIGH",
+        help="bounded columns, e.g. income=0: share=0:1 (an empty side is unbounded); the "
+        "model's support, so samples stay inside; data on or outside a bound is refused",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the fit from MODEL_DIR.partial/checkpoint.safetensors (same command "
+        "otherwise); starts afresh without one",
+    )
+    force_argument(p, "replace an existing model directory MODEL_DIR")
+    p.add_argument(
+        "--checkpoint-every",
+        type=positive_int,
+        metavar="N",
+        help="write the checkpoint every N steps (default: after each epoch)",
+    )
+
+
+# --- the data -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Splits:
+    """What a fit draws on: the rows of each split and how to score them."""
+
+    source: str
+    dataset: str | None
+    rows: int
+    columns: list[str]
+    context_columns: list[str]
+    dequantize: list[int]
+    train: object  # (x, c) tensors, or a ParquetStream part
+    valid: object | None
+    test: object | None
+    counts: dict[str, int]
+    score: Callable[[Flow, object, int], float]
+
+
+def _load_data(args: argparse.Namespace) -> tuple[Table, str, str | None]:
+    if args.data is not None:
+        if args.dataset is not None or args.points is not None:
+            raise ValueError("give either DATA or --dataset/--points, not both")
+        table = read_table(args.data, columns=args.columns, context_columns=args.context_columns)
+        return table, str(args.data), None
+    if args.columns or args.context_columns:
+        raise ValueError("--columns and --context-columns select columns of a DATA file")
+    name = args.dataset or "figure1"
+    table = load_dataset(name, args.points, seed=args.seed)
+    return table, f"built-in dataset {name!r}", name
+
+
+def _in_memory(args: argparse.Namespace) -> _Splits:
+    table, source, dataset = _load_data(args)
+    x, c = table.x, table.c
+    cols = list(table.integer_columns) if args.dequantize == "auto" else []
+    train, valid, test = split(len(x), args.valid_fraction, args.test_fraction, args.seed)
+
+    def rows(idx: Tensor) -> tuple[Tensor, Tensor | None] | None:
+        return (x[idx], None if c is None else c[idx]) if len(idx) else None
+
+    def score(flow: Flow, part: tuple[Tensor, Tensor | None], seed: int) -> float:
+        return scores(flow, *part, cols, draws=1, seed=seed).mean().item()
+
+    counts = {"train": len(train), "valid": len(valid), "test": len(test)}
+    return _Splits(
+        source, dataset, len(x), table.columns, table.context_columns, cols,
+        rows(train), rows(valid), rows(test), counts, score,
+    )  # fmt: skip
+
+
+def _streamed(args: argparse.Namespace) -> _Splits:
+    if args.data is None or args.data.suffix.lower() != ".parquet":
+        raise ValueError(
+            "--stream reads a Parquet file in batches: give a .parquet DATA file (without "
+            f"--stream, other formats are read into memory), got {args.data or 'none'}"
+        )
+    stream = ParquetStream(args.data, args.columns, args.context_columns)
+    cols = list(stream.integer_columns) if args.dequantize == "auto" else []
+    parts = stream.split(fractions(args.valid_fraction, args.test_fraction), seed=args.seed)
+    counts = dict(zip(("train", "valid", "test"), (p.rows for p in parts), strict=True))
+    if counts["train"] < 2:
+        raise ValueError(
+            f"too few rows ({stream.rows}) for --valid-fraction {args.valid_fraction} and "
+            f"--test-fraction {args.test_fraction}"
+        )
+
+    def score(flow: Flow, part: ParquetStream, seed: int) -> float:
+        total, n = 0.0, 0
+        for i, (x, c) in enumerate(part.batches(CHUNK)):
+            lp = scores(flow, x, c, cols, draws=1, seed=(seed * 1_000_003 + i) % 2**62)
+            total, n = total + lp.double().sum().item(), n + len(x)
+        return total / n
+
+    valid, test = (p if p.rows else None for p in parts[1:])
+    return _Splits(
+        f"{args.data} (streamed)", None, stream.rows, stream.columns, stream.context_columns,
+        cols, parts[0], valid, test, counts, score,
+    )  # fmt: skip
+
+
+# --- the flow -------------------------------------------------------------------------------
+
+
+def _build_flow(args: argparse.Namespace, data: _Splits) -> Flow:
+    if args.flow.lower() not in flow_classes():
+        available = ", ".join(sorted(flow_classes()))
+        raise ValueError(f"unknown --flow {args.flow!r}; available: {available}")
+    options: dict = dict(transforms=args.transforms, hidden_features=tuple(args.hidden))
+    if args.bins is not None:
+        options["bins"] = args.bins
+    if args.bounds:
+        options["support"] = _support(args.bounds, data)
+    accepted = flow_options(args.flow)
+    missing = [name for name in options if name not in accepted]
+    if missing:
+        raise ValueError(
+            f"--flow {args.flow} takes no {', '.join(missing)} argument "
+            f"({'--bins is for spline flows' if 'bins' in missing else 'not a CLI flow'})"
+        )
+    return build(args.flow, len(data.columns), len(data.context_columns), **options)
+
+
+def _support(bounds: Sequence[tuple], data: _Splits) -> list[tuple | None]:
+    """``support=`` of the flow from ``--bounds``, refusing rows on or outside a bound."""
+    support: list[tuple | None] = [None] * len(data.columns)
+    for name, lower, upper in bounds:
+        if name not in data.columns:
+            raise ValueError(
+                f"--bounds names {name!r}, which is not a data column (data columns: "
+                f"{short(data.columns)})"
+            )
+        j = data.columns.index(name)
+        if support[j] is not None:
+            raise ValueError(f"--bounds gives column {name!r} twice")
+        support[j] = (lower, upper)
+        _check_inside(name, j, lower, upper, data)
+    return support
+
+
+def _check_inside(
+    name: str, j: int, lower: float | None, upper: float | None, data: _Splits
+) -> None:
+    # Streamed rows are checked by the fit itself (their log-density would be -inf).
+    parts = [p for p in (data.train, data.valid, data.test) if isinstance(p, tuple)]
+    if not parts:
+        return
+    x = torch.cat([p[0][:, j] for p in parts])
+    # A dequantized integer k becomes k + u, u in [0, 1): it must fit in [k, k + 1).
+    top = x + 1 if j in data.dequantize else x
+    low = lower is not None and ((x < lower) if j in data.dequantize else (x <= lower))
+    high = upper is not None and ((top > upper) if j in data.dequantize else (x >= upper))
+    outside = torch.as_tensor(low) | torch.as_tensor(high)
+    if bool(outside.any()):
+        interval = f"({'-inf' if lower is None else f'{lower:g}'}, "
+        interval += f"{'inf' if upper is None else f'{upper:g}'})"
+        raise ValueError(
+            f"--bounds {name}: {int(outside.sum())} of {len(x)} rows of column {name!r} "
+            f"lie on or outside the open interval {interval} (values from "
+            f"{x.min().item():g} to {x.max().item():g}); widen the bound"
+        )
+
+
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"unknown --device {name!r}: {error}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was given but CUDA is not available")
+    return device
+
+
+# --- the run --------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs ``arflows fit``; under torchrun every process runs it, and rank 0 writes."""
+    world, device = init_from_env(_device(args.device))
+    try:
+        code = _fit_in(world, device, args)
+    except BaseException:
+        shutdown(wait=False)  # the other processes may be anywhere: no barrier
+        raise
+    shutdown()
+    return code
+
+
+def _quiet(*args: object, **kwargs: object) -> None:
+    pass
+
+
+def _fit_in(world: World, device: torch.device, args: argparse.Namespace) -> int:
+    say = print if world.main else _quiet
+    target, checkpoint = _fit_target(args)  # before any work: refuse to replace a model
+    data = _streamed(args) if args.stream else _in_memory(args)
+    torch.manual_seed(args.seed)
+    flow = _build_flow(args, data).to(device)
+    _say_plan(say, data, flow)
+    if world.active:
+        say(f"processes: {world.size} (data-parallel, {device.type})")
+    if args.resume:
+        say(
+            f"resuming from {checkpoint}"
+            if checkpoint.is_file()
+            else f"no checkpoint at {checkpoint}: starting afresh"
+        )
+    history = _train(args, flow, data, checkpoint)
+    if not world.main:
+        return 0  # rank 0 scores and writes
+    stopped = getattr(history, "stopped_nonfinite", None)
+    if stopped:
+        print(f"warning: {stopped}", file=sys.stderr)
+    metadata = _fit_metadata(args, data, _split_scores(args, flow, data))
+    # The model and its report are assembled beside MODEL_DIR and renamed into place
+    # together, so MODEL_DIR is never half-written, even when the process is killed.
+    save(
+        flow.cpu(),
+        target,
+        columns=data.columns,
+        context_columns=data.context_columns or None,
+        metadata=finite(metadata),
+        extras=lambda folder: _write_report(folder, metadata["command"], flow, history, metadata),
+        overwrite=True,  # refused up front (_fit_target) unless --force or --resume
+    )
+    shutil.rmtree(checkpoint.parent, ignore_errors=True)
+    print(f"model: {target}")
+    return 0
+
+
+def _say_plan(say: Callable[..., None], data: _Splits, flow: Flow) -> None:
+    cols = data.dequantize
+    say(
+        f"data: {data.source}, {data.rows} rows, columns {short(data.columns)}"
+        + (f", context {short(data.context_columns)}" if data.context_columns else "")
+        + (f", dequantized {len(cols)} integer column(s)" if cols else "")
+    )
+    # Notes on the data (columns left out, index columns, ...) belong here, after its line.
+    say("split: " + ", ".join(f"{n} {name}" for name, n in data.counts.items()) + " rows")
+    say(f"flow: {type(flow).__name__} {flow.config['arguments']}")
+
+
+def _train(args: argparse.Namespace, flow: Flow, data: _Splits, checkpoint: Path) -> object:
+    options: dict = {}
+    if data.dequantize:
+        options["dequantize"] = data.dequantize
+    if args.schedule is not None:
+        options["schedule"] = None if args.schedule == "none" else args.schedule
+    if isinstance(data.train, tuple):
+        x_train, c_train = data.train
+        valid = data.valid if data.valid is None or data.valid[1] is not None else data.valid[0]
+    else:
+        x_train, c_train, valid = data.train, None, data.valid
+    return fit(
+        flow,
+        x_train,
+        c_train,
+        valid=valid,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        patience=args.patience,
+        seed=args.seed,
+        progress=not args.no_progress,
+        checkpoint=checkpoint,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
+        **options,
+    )
+
+
+def _split_scores(args: argparse.Namespace, flow: Flow, data: _Splits) -> dict:
+    """The average log-likelihood of each split, printed."""
+    result: dict[str, float | None] = {}
+    for i, name in enumerate(("train", "valid", "test")):
+        part = getattr(data, name)
+        # Fixed, split-specific noise: the scores are repeatable and independent of training.
+        result[name] = None if part is None else data.score(flow, part, args.seed + 1 + i)
+    print(
+        "average log-likelihood (nats per row): "
+        + ", ".join(f"{name} {fmt(value)}" for name, value in result.items())
+    )
+    return result
+
+
+def _fit_metadata(args: argparse.Namespace, data: _Splits, split_scores: dict) -> dict:
+    metadata = {
+        "data": data.source,
+        "dataset": data.dataset,
+        "dequantized_columns": data.dequantize,
+        "scores": split_scores,
+        "rows": data.counts,
+        "seed": args.seed,
+        "command": "arflows " + shlex.join(args.argv),
+    }
+    if args.data is not None:  # diagnose finds the held-out rows again from these
+        metadata["data_file"] = str(args.data.resolve())
+        metadata["data_fingerprint"] = fingerprint(args.data)
+        metadata["split"] = {
+            "valid_fraction": args.valid_fraction,
+            "test_fraction": args.test_fraction,
+            "seed": args.seed,
+            "stream": bool(args.stream),
+        }
+    return metadata
+
+
+def _fit_target(args: argparse.Namespace) -> tuple[Path, Path]:
+    """The model directory and checkpoint of a fit, refused before training if taken."""
+    target = Path(args.output)
+    checkpoint = target.with_name(target.name + ".partial") / "checkpoint.safetensors"
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"cannot write the model to {target}: it is a file; choose another -o")
+    if target.is_dir() and any(target.iterdir()):
+        if not is_model_dir(target):
+            raise ValueError(
+                f"cannot write the model to {target}: it exists and is not an arflows model "
+                "directory; choose another -o"
+            )
+        if not (args.force or args.resume):
+            raise FileExists(
+                f"a model is already in {target}; add --force to replace it (or choose another -o)"
+            )
+    if checkpoint.is_file() and not (args.force or args.resume):
+        raise FileExists(
+            f"{checkpoint} holds an interrupted fit; add --resume to continue it or --force "
+            "to start afresh"
+        )
+    return target, checkpoint
+
+
+# --- the report -----------------------------------------------------------------------------
+
+
+def _write_report(out: Path, command: str, flow: Flow, history: object, metadata: dict) -> None:
+    train = list(getattr(history, "train", []))
+    valid = list(getattr(history, "valid", []))
+    fields = ("best_epoch", "stopped_early", "stopped_nonfinite", "seconds", "lr")
+    report = {
+        "arflows_version": __version__,
+        "command": command,
+        "flow": flow.config,
+        **metadata,
+        "history": {"train": train, "valid": valid}
+        | {name: getattr(history, name) for name in fields if hasattr(history, name)},
+    }
+    (out / "report.json").write_text(json.dumps(finite(report), indent=2) + "\n")
+    best = getattr(history, "best_epoch", -1)
+    lines = _report_lines(command, flow, history, metadata, len(train), best)
+    try:
+        from ..plot import loss_figure, save_figure
+
+        save_figure(loss_figure(train, valid, best_epoch=best), out / "loss.png")
+        lines += ["![training curves](loss.png)", ""]
+    except ImportError as error:
+        print(f"warning: no loss.png: {error}", file=sys.stderr)
+    (out / "report.md").write_text("\n".join(lines))
+
+
+def _report_lines(
+    command: str, flow: Flow, history: object, metadata: dict, epochs: int, best: int
+) -> list[str]:
+    seconds = getattr(history, "seconds", None)
+    rows = metadata["rows"]
+    return [
+        "# arflows fit report",
+        "",
+        f"Command: `{command}` (arflows {__version__})",
+        "",
+        f"Data: {metadata['data']}",
+        "",
+        "| split | rows | average log-likelihood (nats per row) |",
+        "|---|---:|---:|",
+        *(
+            f"| {name} | {rows[name]} | {fmt(value)} |"
+            for name, value in metadata["scores"].items()
+        ),
+        "",
+        f"Flow: `{flow.config['flow']}` with `{json.dumps(flow.config['arguments'])}`",
+        "",
+        f"Training: {epochs} epochs, best epoch {best + 1}"
+        + (", stopped early" if getattr(history, "stopped_early", False) else "")
+        + (f", {seconds:.1f} s" if isinstance(seconds, float) else ""),
+        "",
+    ]

@@ -1,0 +1,110 @@
+"""The pieces every command's parser is made of: one-line errors, argument types, outputs."""
+
+from __future__ import annotations
+
+__all__ = [
+    "Parser",
+    "add_command",
+    "bound",
+    "force_argument",
+    "fraction",
+    "output_argument",
+    "positive_float",
+    "positive_int",
+]
+
+import argparse
+import math
+import textwrap
+from pathlib import Path
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (no usage block), with exit code 2."""
+
+    def error(self, message: str) -> None:  # noqa: D102
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def add_command(
+    commands: argparse._SubParsersAction, name: str, summary: str, text: str, examples: str
+) -> argparse.ArgumentParser:
+    """A subcommand's parser, with its description wrapped and its examples kept as written."""
+    return commands.add_parser(
+        name,
+        help=summary,
+        description=textwrap.fill(text, 79),
+        epilog="examples:\n" + examples,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """A number in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def bound(text: str) -> tuple[str, float | None, float | None]:
+    """``COLUMN=LOW:HIGH``, either side empty (unbounded), as ``(column, low, high)``."""
+    name, eq, interval = text.rpartition("=")
+    low, colon, high = interval.partition(":")
+    if not (eq and colon and name):
+        raise argparse.ArgumentTypeError(
+            f"expected COLUMN=LOW:HIGH with either side left empty (e.g. x=0: or p=0:1), got "
+            f"{text!r}"
+        )
+    try:
+        lower, upper = (float(v) if v.strip() else None for v in (low, high))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers in {text!r}") from None
+    if (lower is None and upper is None) or math.isnan(lower or 0) or math.isnan(upper or 0):
+        raise argparse.ArgumentTypeError(f"expected at least one numeric bound in {text!r}")
+    if lower is not None and upper is not None and not lower < upper:
+        raise argparse.ArgumentTypeError(f"expected LOW < HIGH in {text!r}")
+    return name, lower, upper
+
+
+def output_argument(p: argparse.ArgumentParser) -> None:
+    """``-o FILE`` for a table (standard output by default) and ``--force``."""
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        metavar="FILE",
+        help="output file: .csv, .npy or .parquet, or - for CSV on standard output (the "
+        "default); an existing file is replaced only with --force",
+    )
+    force_argument(p, "replace an existing output file")
+
+
+def force_argument(p: argparse.ArgumentParser, what: str) -> None:
+    """``--force``: ``what`` it allows."""
+    p.add_argument("--force", action="store_true", help=what)
