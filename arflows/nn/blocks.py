@@ -36,6 +36,7 @@ import torch
 from torch import LongTensor, Tensor
 from torch.autograd.function import FunctionCtx
 
+from ..checks import check_at_least
 from .masks import mask
 
 
@@ -148,8 +149,7 @@ def block_plan(
         >>> plan.bounds, plan.ranges
         ((0, 2, 4, 6), ((0, 1), (0, 2), (0, 3)))
     """
-    if blocks < 1:
-        raise ValueError(f"expected `blocks >= 1`, got {blocks}")
+    check_at_least("blocks", blocks, 1)
     in_degrees, out_degrees = in_degrees.cpu(), out_degrees.cpu()
     rows, columns = Permutation.sorting(out_degrees), Permutation.sorting(in_degrees)
     if rows is not None:

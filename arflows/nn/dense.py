@@ -9,7 +9,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .made import broadcast_context, check_activation, check_int, check_ints, split_params
+from ..checks import check_activation, check_int, check_ints, check_last_dim
+from .made import broadcast_context, split_params
 
 
 class DenseNN(nn.Module):
@@ -75,10 +76,7 @@ class DenseNN(nn.Module):
         Returns:
             A :math:`(*, O)` tensor, or one tensor per ``param_dims`` entry.
         """
-        if x.shape[-1:] != (self.in_features,):
-            raise ValueError(
-                f"expected x with shape (*, {self.in_features}), got {tuple(x.shape)}"
-            )
+        check_last_dim(x, self.in_features)
         x, c = broadcast_context(x, c, self.context)
         out = self.net(x if c is None else torch.cat((x, c), dim=-1))
         if self.param_dims is None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 __all__ = ["MADE", "MaskedLinear", "broadcast_context", "split_params"]
 
-import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -12,44 +11,17 @@ import torch
 import torch.nn.functional as F
 from torch import BoolTensor, LongTensor, Tensor, nn
 
+# check_int is imported from here by flows modules not yet moved to arflows.checks.
+from ..checks import (
+    INT_AT_LEAST,
+    check_activation,
+    check_int,
+    check_ints,
+    check_last_dim,
+    is_int,
+)
 from .blocks import BlockPlan, Permutation, auto_blocks, block_linear, block_plan
 from .masks import hidden_degrees, input_degrees, mask
-
-
-def check_int(name: str, value: object, low: int) -> int:
-    """``value`` as an int ``>= low``; a TypeError or ValueError naming ``name`` otherwise.
-
-    Floats and bools are refused rather than truncated: ``int(2.7)`` would silently build
-    another network than the one asked for.
-    """
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"expected `{name}` to be an int >= {low}, got {value!r}")
-    if value < low:
-        raise ValueError(f"expected `{name} >= {low}`, got {value}")
-    return int(value)
-
-
-def check_ints(name: str, values: object, low: int, *, empty: bool = True) -> tuple[int, ...]:
-    """``values`` as a tuple of ints ``>= low`` (at least one unless ``empty``), or an error."""
-    if isinstance(values, str | bytes) or not isinstance(values, Sequence | Tensor):
-        raise TypeError(f"expected `{name}` to be a sequence of ints, got {values!r}")
-    values = tuple(values.tolist() if isinstance(values, Tensor) else values)
-    if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in values):
-        raise TypeError(f"expected `{name}` to be a sequence of ints, got {values!r}")
-    if not values and not empty:
-        raise ValueError(f"expected at least one entry in `{name}`, got ()")
-    if any(v < low for v in values):
-        raise ValueError(f"expected `{name}` entries >= {low}, got {values}")
-    return tuple(int(v) for v in values)
-
-
-def check_activation(activation: object) -> None:
-    """Refuses an ``activation`` that is not a class or function returning a module."""
-    if not callable(activation) or isinstance(activation, nn.Module):
-        raise TypeError(
-            "expected `activation` to be a module class such as torch.nn.ReLU (called once "
-            f"per layer), got {activation!r}"
-        )
 
 
 class MaskedLinear(nn.Linear):
@@ -209,8 +181,7 @@ class MADE(nn.Module):
         hidden_features = check_ints("hidden_features", hidden_features, 1)
         param_dims = check_ints("param_dims", param_dims, 1, empty=False)
         check_activation(activation)
-        if isinstance(orders, bool) or not isinstance(orders, int) or orders < 1:
-            raise ValueError(f"expected `orders` to be an int >= 1, got {orders!r}")
+        check_int("orders", orders, 1, message=INT_AT_LEAST)
         if residual and len(set(hidden_features)) > 1:
             raise ValueError(
                 f"residual=True needs equal hidden widths, got hidden_features={hidden_features}"
@@ -295,7 +266,7 @@ class MADE(nn.Module):
         Args:
             index: The mask set, in :math:`0..K-1`.
         """
-        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < self.orders:
+        if not is_int(index) or not 0 <= index < self.orders:
             raise ValueError(
                 f"expected a mask set index in 0..{self.orders - 1} (orders={self.orders}), "
                 f"got {index!r}"
@@ -446,8 +417,7 @@ class MADE(nn.Module):
             One tensor per ``param_dims`` entry ``k``: :math:`(*, D)` if ``k == 1``, else
             :math:`(*, D, k)`.
         """
-        if x.shape[-1:] != (self.features,):
-            raise ValueError(f"expected x with shape (*, {self.features}), got {tuple(x.shape)}")
+        check_last_dim(x, self.features)
         x, c = broadcast_context(x, c, self.context)
         blocks = self._blocks(x)
         if blocks is not None:
@@ -497,8 +467,7 @@ class MADE(nn.Module):
             return None if max(choice) == 1 else choice
         if blocks is None:
             return None
-        if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1:
-            raise ValueError(f"expected `blocks` 'auto', None or an int >= 1, got {blocks!r}")
+        check_int("blocks", blocks, 1, message=_BLOCKS)
         return (blocks,) * n_layers
 
     def _block_plans(self, blocks: tuple[int, ...], device: torch.device) -> _BlockPlans:
@@ -561,6 +530,8 @@ class MADE(nn.Module):
             f"residual={self.residual}, skip={self.skip}, order={self.order.tolist()}{orders}"
         )
 
+
+_BLOCKS = "expected `{name}` 'auto', None or an int >= {low}, got {value!r}"
 
 # Parameter-free elementwise activations and their in-place versions.
 _INPLACE: dict[type[nn.Module], Callable[[Tensor], Tensor]] = {

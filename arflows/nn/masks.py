@@ -20,6 +20,8 @@ from collections.abc import Sequence
 import torch
 from torch import BoolTensor, LongTensor
 
+from ..checks import check_choice, is_integer_dtype
+
 
 def input_degrees(features: int, order: Sequence[int] | LongTensor | None = None) -> LongTensor:
     r"""Degrees of the input features: ``order[i] + 1``.
@@ -45,7 +47,7 @@ def input_degrees(features: int, order: Sequence[int] | LongTensor | None = None
     except (TypeError, ValueError, RuntimeError):
         raise TypeError(f"{expected}, got {order!r}") from None
     # Floats and bools are refused, not cast: casting would turn [0.5, 1, 2] into a permutation.
-    if ranks.is_floating_point() or ranks.is_complex() or ranks.dtype == torch.bool:
+    if not is_integer_dtype(ranks):
         raise TypeError(f"{expected} (integers), got {ranks.tolist()} of dtype {ranks.dtype}")
     ranks = ranks.to("cpu", torch.long)
     if ranks.shape != (features,) or not torch.equal(ranks.sort().values, torch.arange(features)):
@@ -91,20 +93,18 @@ def hidden_degrees(
     """
     if width < 1:
         raise ValueError(f"expected hidden widths >= 1, got {width}")
+    check_choice("hidden_degrees", method, ("sequential", "random"))
     first = 0 if context else 1
     low = first if low is None else max(low, first)
     # With D = 1 and no context there is no useful degree; degree 1 units feed no output.
     high = max(features - 1, low)
+    span = high - low + 1
     if method == "sequential":
-        span = high - low + 1
         return low + torch.arange(width) * span // width
-    if method == "random":
-        span = high - low + 1
-        degrees = torch.randint(low, high + 1, (width,), generator=generator)
-        if width >= span:  # cover every degree once, so no output loses its inputs by chance
-            degrees[:span] = torch.arange(low, high + 1)
-        return degrees.sort().values
-    raise ValueError(f"expected `hidden_degrees` in ('sequential', 'random'), got {method!r}")
+    degrees = torch.randint(low, high + 1, (width,), generator=generator)
+    if width >= span:  # cover every degree once, so no output loses its inputs by chance
+        degrees[:span] = torch.arange(low, high + 1)
+    return degrees.sort().values
 
 
 def mask(in_degrees: LongTensor, out_degrees: LongTensor, strict: bool = False) -> BoolTensor:

@@ -34,6 +34,7 @@ import torch
 from torch import LongTensor, Tensor
 from torch.autograd.function import FunctionCtx
 
+from ..checks import check_at_least, check_last_dim
 from .made import MADE, broadcast_context
 
 Solve = Callable[[int, tuple[Tensor, ...], Tensor], Tensor]
@@ -95,14 +96,11 @@ def made_sweep(
         True
     """
     d = made.features
-    if y.shape[-1:] != (d,):
-        raise ValueError(f"expected y with shape (*, {d}), got {tuple(y.shape)}")
-    if chunk_size < 1:
-        raise ValueError(f"expected `chunk_size >= 1`, got {chunk_size}")
+    check_last_dim(y, d, "y")
+    check_at_least("chunk_size", chunk_size, 1)
     if group is None:
         group = max(1, round(d**0.5))
-    if group < 1:
-        raise ValueError(f"expected `group >= 1`, got {group}")
+    check_at_least("group", group, 1)
     y_empty, _ = broadcast_context(y[..., :0], c, made.context)  # checks c, broadcasts
     batch = y_empty.shape[:-1]
     y = y.expand(*batch, d).reshape(-1, d)  # (N, D)

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 from torch.distributions import constraints
 
+from ..checks import check_at_least
 from .base import Transform
 
 
@@ -64,8 +65,8 @@ class AutoregressiveTransform(Transform):
         inverse: Callable[[Tensor], Tensor] | None = None,
     ):
         super().__init__()
-        if passes is not None and passes < 1:
-            raise ValueError(f"expected `passes >= 1`, got {passes}")
+        if passes is not None:
+            check_at_least("passes", passes, 1)
         self.meta, self.passes, self.inverse = meta, passes, inverse
         self.passes_used: int | None = None
 

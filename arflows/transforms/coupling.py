@@ -10,6 +10,7 @@ import torch
 from torch import BoolTensor, Tensor
 from torch.distributions import constraints
 
+from ..checks import check_last_dim
 from .base import InverseTransform, Transform
 from .univariate import MonotonicAffineTransform  # noqa: F401 (the doctest uses it)
 
@@ -73,8 +74,7 @@ class CouplingTransform(Transform):
 
     def _apply(self, v: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
         """Maps ``v`` one way or the other; returns the result and the forward-signed ladj."""
-        if v.shape[-1:] != self.mask.shape:
-            raise ValueError(f"expected shape (*, {self.mask.numel()}), got {tuple(v.shape)}")
+        check_last_dim(v, self.mask.numel(), name=None)
         v_a, v_b = v.index_select(-1, self._a), v.index_select(-1, self._b)
         h = self.meta(v_a)
         out_b, ladj = (h.inv if inverse else h).call_and_ladj(v_b)  # (*, |B|) each

@@ -8,6 +8,7 @@ import torch
 from torch import LongTensor, Tensor
 from torch.distributions import constraints
 
+from ..checks import check_last_dim
 from .base import Transform
 
 
@@ -70,9 +71,7 @@ class LULinearTransform(Transform):
         self.log_diag, self.bias, self.order = log_diag, bias, order
 
     def _check(self, x: Tensor) -> None:
-        d = self.bias.numel()
-        if x.shape[-1:] != (d,):
-            raise ValueError(f"expected x with shape (*, {d}), got {tuple(x.shape)}")
+        check_last_dim(x, self.bias.numel())
 
     @property
     def weight(self) -> Tensor:

@@ -10,12 +10,8 @@ import torch
 from torch import Tensor
 from torch.distributions import constraints
 
+from ..checks import check_at_least, check_last_dim
 from .base import InverseTransform, Transform
-
-
-def _check_features(x: Tensor, features: int) -> None:
-    if x.shape[-1:] != (features,):
-        raise ValueError(f"expected x with shape (*, {features}), got {tuple(x.shape)}")
 
 
 def batch_moments(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -95,16 +91,12 @@ class BatchNormTransform(Transform):
         super().__init__()
         if (mean is None) != (var is None):
             raise ValueError("expected both `mean` and `var`, or neither (batch statistics)")
-        if eps < 0:
-            raise ValueError(f"expected `eps >= 0`, got {eps}")
+        check_at_least("eps", eps, 0)
         self.log_gamma, self.beta, self.mean, self.var, self.eps = log_gamma, beta, mean, var, eps
         self.fallback, self.on_batch = fallback, on_batch
 
     def _moments(self, x: Tensor, update: bool) -> tuple[Tensor, Tensor]:
-        if x.shape[-1:] != self.beta.shape:
-            raise ValueError(
-                f"expected x with shape (*, {self.beta.numel()}), got {tuple(x.shape)}"
-            )
+        check_last_dim(x, self.beta.numel())
         if self.mean is not None:
             return self.mean, self.var
         mean, var = batch_moments(x)
@@ -187,21 +179,15 @@ class ActNormTransform(Transform):
         super().__init__()
         self.loc, self.log_scale, self.initialize = loc, log_scale, initialize
 
-    def _check(self, x: Tensor) -> None:
-        if x.shape[-1:] != self.loc.shape:
-            raise ValueError(
-                f"expected x with shape (*, {self.loc.numel()}), got {tuple(x.shape)}"
-            )
-
     def _call(self, x: Tensor) -> Tensor:
-        _check_features(x, self.loc.numel())
+        check_last_dim(x, self.loc.numel())
         if self.initialize is not None:
             self.initialize(x.detach())
             self.initialize = None
         return (x - self.loc) * torch.exp(-self.log_scale)
 
     def _inverse(self, y: Tensor) -> Tensor:
-        _check_features(y, self.loc.numel())
+        check_last_dim(y, self.loc.numel())
         return y * self.log_scale.exp() + self.loc
 
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:  # noqa: D102

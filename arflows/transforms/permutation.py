@@ -4,13 +4,13 @@ from __future__ import annotations
 
 __all__ = ["PermutationTransform"]
 
-import numbers
 from collections.abc import Sequence
 
 import torch
 from torch import LongTensor, Tensor
 from torch.distributions import constraints
 
+from ..checks import check_int, check_last_dim, is_integer_dtype
 from .base import Transform
 
 
@@ -42,7 +42,7 @@ class PermutationTransform(Transform):
                 "expected `order` to be a permutation of at least one feature, got []"
             )
         # Floats and bools are refused rather than cast: [0.5, 1.0] would become [0, 1].
-        if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
+        if not is_integer_dtype(tensor):
             raise TypeError(
                 f"expected `order` to hold integers, got {tensor.tolist()} of dtype {tensor.dtype}"
             )
@@ -60,7 +60,7 @@ class PermutationTransform(Transform):
     @classmethod
     def reverse(cls, features: int) -> PermutationTransform:
         """The reversal of ``features`` features."""
-        _check_features(features)
+        check_int("features", features, 1)
         return cls(torch.arange(features - 1, -1, -1))
 
     @classmethod
@@ -68,19 +68,15 @@ class PermutationTransform(Transform):
         cls, features: int, generator: torch.Generator | None = None
     ) -> PermutationTransform:
         """A uniformly random permutation drawn with ``generator``."""
-        _check_features(features)
+        check_int("features", features, 1)
         return cls(torch.randperm(features, generator=generator))
 
-    def _check(self, x: Tensor) -> None:
-        if x.shape[-1:] != self.order.shape:
-            raise ValueError(f"expected shape (*, {self.order.numel()}), got {tuple(x.shape)}")
-
     def _call(self, x: Tensor) -> Tensor:
-        self._check(x)
+        check_last_dim(x, self.order.numel(), name=None)
         return x[..., self.order]
 
     def _inverse(self, y: Tensor) -> Tensor:
-        self._check(y)
+        check_last_dim(y, self.order.numel(), name=None)
         return y[..., self.inverse_order]
 
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:  # noqa: D102
@@ -88,10 +84,3 @@ class PermutationTransform(Transform):
 
     def __repr__(self) -> str:
         return f"PermutationTransform({self.order.tolist()})"
-
-
-def _check_features(features: object) -> None:
-    if isinstance(features, bool) or not isinstance(features, numbers.Integral):
-        raise TypeError(f"expected `features` to be an int >= 1, got {features!r}")
-    if features < 1:
-        raise ValueError(f"expected `features >= 1`, got {features}")

@@ -10,6 +10,8 @@ from typing import NamedTuple
 import torch
 from torch import LongTensor, Tensor
 
+from ..checks import check_at_least
+
 Residual = Callable[[Tensor, LongTensor], tuple[Tensor, Tensor]]
 """``f(x, index) -> (f(x), f'(x))`` for the elements ``index`` of the flattened target."""
 
@@ -117,8 +119,7 @@ def monotone_root(
     """
     if not isinstance(y, Tensor) or not y.is_floating_point():
         raise TypeError(f"expected `y` to be a floating-point tensor, got {y!r:.80}")
-    if max_iter < 1:
-        raise ValueError(f"expected `max_iter >= 1`, got {max_iter}")
+    check_at_least("max_iter", max_iter, 1)
     finfo = torch.finfo(y.dtype)
     default = finfo.eps**0.75
     with torch.no_grad():

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import LongTensor, Size, Tensor
 from torch.distributions import constraints
 
+from ..checks import AN_INTEGER, check_int
 from .base import Transform
 from .roots import RootResult, monotone_root
 
@@ -170,8 +171,7 @@ class MonotonicSigmoidalTransform(Transform):
     @staticmethod
     def param_shapes(components: int = 8) -> tuple[Size, ...]:
         """The shape of each parameter per feature: slopes, shifts and weights, K each."""
-        if not isinstance(components, int) or components < 1:
-            raise ValueError(f"expected an integer `components >= 1`, got {components!r}")
+        check_int("components", components, 1, message=AN_INTEGER)
         return Size((components,)), Size((components,)), Size((components,))
 
     def _params(self) -> tuple[Tensor, ...]:

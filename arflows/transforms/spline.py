@@ -5,13 +5,13 @@ from __future__ import annotations
 __all__ = ["MonotonicRQSTransform"]
 
 import math
-import numbers
 
 import torch
 import torch.nn.functional as F
 from torch import Size, Tensor
 from torch.distributions import constraints
 
+from ..checks import check_finite_positive, check_int
 from .base import Transform
 
 # Smallest bin width, bin height and knot derivative, so that no bin collapses and the map
@@ -20,14 +20,6 @@ MIN_BIN = 1e-3
 MIN_DERIVATIVE = 1e-3
 # MIN_DERIVATIVE + softplus(u + _UNIT_SHIFT) = 1 at u = 0: zero parameters give unit slopes.
 _UNIT_SHIFT = math.log(math.expm1(1 - MIN_DERIVATIVE))
-
-
-def _check_bound(bound: object) -> None:
-    """Refuses a ``bound`` that is not a finite number > 0 (an infinite one gives NaN knots)."""
-    if isinstance(bound, bool) or not isinstance(bound, numbers.Real):
-        raise TypeError(f"expected `bound` to be a number > 0, got {bound!r}")
-    if not 0 < bound < math.inf:
-        raise ValueError(f"expected a finite `bound > 0`, got {bound}")
 
 
 def _cumulative(unnormalized: Tensor) -> Tensor:
@@ -90,7 +82,7 @@ class MonotonicRQSTransform(Transform):
         bins: int | None = None,
     ):
         super().__init__()
-        _check_bound(bound)
+        check_finite_positive("bound", bound)  # an infinite bound gives NaN knots
         k = widths.shape[-1]
         if heights.shape[-1] != k or derivatives.shape[-1] != k - 1 or (bins not in (None, k)):
             raise ValueError(
@@ -104,11 +96,8 @@ class MonotonicRQSTransform(Transform):
     @staticmethod
     def param_shapes(bins: int = 8, bound: float = 5.0) -> tuple[Size, ...]:
         """The shape of each parameter per feature: widths, heights, inner derivatives."""
-        if isinstance(bins, bool) or not isinstance(bins, numbers.Integral):
-            raise TypeError(f"expected `bins` to be an int >= 2, got {bins!r}")
-        if bins < 2:
-            raise ValueError(f"expected `bins >= 2`, got {bins}")
-        _check_bound(bound)
+        check_int("bins", bins, 2)
+        check_finite_positive("bound", bound)
         return Size((bins,)), Size((bins,)), Size((bins - 1,))
 
     def _bin(self, v: Tensor, inverse: bool) -> tuple[Tensor, ...]:

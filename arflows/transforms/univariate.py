@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Size, Tensor
 from torch.distributions import constraints
 
+from ..checks import check_choice, check_positive
 from .base import Transform
 
 SCALES = ("softclip", "softplus", "exp", "stable", "none")
@@ -27,11 +28,6 @@ GATE_BIAS = 2.0
 def soft_clip(x: Tensor, bound: float) -> Tensor:
     r"""Smooth clip :math:`b \tanh(x / b)` to :math:`(-b, b)`, equal to :math:`x` near 0."""
     return bound * torch.tanh(x / bound)
-
-
-def _check_scale(scale: str) -> None:
-    if scale not in SCALES:
-        raise ValueError(f"expected `scale` in {SCALES}, got {scale!r}")
 
 
 class MonotonicAffineTransform(Transform):
@@ -104,9 +100,8 @@ class MonotonicAffineTransform(Transform):
         scale: str = "softclip",
     ):
         super().__init__()
-        _check_scale(scale)
-        if not bound > 0:
-            raise ValueError(f"expected `bound > 0`, got {bound}")
+        check_choice("scale", scale, SCALES)
+        check_positive("bound", bound)
         if (log_scale is None) != (scale == "none"):
             raise ValueError(
                 f"expected `log_scale` to be None exactly when `scale='none'`, got scale="
@@ -137,7 +132,7 @@ class MonotonicAffineTransform(Transform):
             bound: Accepted (and ignored) so that a layer can pass every keyword argument of
                 the transform.
         """
-        _check_scale(scale)
+        check_choice("scale", scale, SCALES)
         return (Size(),) if scale == "none" else (Size(), Size())
 
     def _call(self, x: Tensor) -> Tensor:
