@@ -253,6 +253,13 @@ class OrderAgnosticMAF(MAF):
         generator: The random generator for the orders and random degrees.
         embedding: A module applied to the context once per call (see
             :class:`~arflows.flows.Flow`).
+        support: The support of each data column: a list with one entry per feature, each
+            ``None`` (unbounded), ``(lower, upper)``, ``(lower, None)`` or ``(None, upper)``; a
+            ``None`` (or infinite) bound leaves that side unbounded. Bounded columns are mapped
+            to the real line before everything else (see
+            :class:`~arflows.transforms.SupportTransform`): ``log_prob`` is :math:`-\infty`
+            outside the open support (and on a bound), and samples lie strictly inside.
+            ``None`` (the default): every column unbounded.
         kwargs: Options of :class:`~arflows.flows.MaskedAutoregressiveTransform`.
 
     References:

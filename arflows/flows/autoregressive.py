@@ -228,6 +228,13 @@ class MAF(Flow):
             ``flow.eval()`` to evaluate single points with the running averages.
         actnorm: ActNorm after every MADE layer, initialised from the first training batch.
         linear: ``"lu"`` for an LU linear layer between consecutive MADE layers, or ``None``.
+        support: The support of each data column: a list with one entry per feature, each
+            ``None`` (unbounded), ``(lower, upper)``, ``(lower, None)`` or ``(None, upper)``; a
+            ``None`` (or infinite) bound leaves that side unbounded. Bounded columns are mapped
+            to the real line before everything else (see
+            :class:`~arflows.transforms.SupportTransform`): ``log_prob`` is :math:`-\infty`
+            outside the open support (and on a bound), and samples lie strictly inside.
+            ``None`` (the default): every column unbounded.
         kwargs: Options of :class:`MaskedAutoregressiveTransform` (``univariate``,
             ``inverse``, ``passes``, ``activation``, ``residual``, ``skip``,
             ``hidden_degrees``, ...); the MADE options also reach the ``"mog"`` base's MADE.
@@ -329,6 +336,20 @@ class IAF(MAF):
     direction. ``linear="lu"`` works (each layer is inverted). ``base="mog"`` works too, with
     reparameterised base samples (see :class:`~arflows.flows.MADEMoG`), but sampling then
     adds the base's sweep with a bisection per feature to the one pass per layer.
+
+    Args:
+        features: The number of features :math:`D`.
+        context: The context size :math:`C` (0 for unconditional).
+        transforms: The number of autoregressive layers.
+        args: :class:`MAF`'s further positional arguments (``hidden_features``).
+        support: The support of each data column: a list with one entry per feature, each
+            ``None`` (unbounded), ``(lower, upper)``, ``(lower, None)`` or ``(None, upper)``; a
+            ``None`` (or infinite) bound leaves that side unbounded. Bounded columns are mapped
+            to the real line before everything else (see
+            :class:`~arflows.transforms.SupportTransform`): ``log_prob`` is :math:`-\infty`
+            outside the open support (and on a bound), and samples lie strictly inside.
+            ``None`` (the default): every column unbounded.
+        kwargs: :class:`MAF`'s further options, except ``batch_norm`` and ``actnorm``.
 
     References:
         Improved Variational Inference with Inverse Autoregressive Flow (Kingma et al., 2016)

@@ -201,6 +201,13 @@ class RealNVP(Flow):
         generator: The random generator for ``randperm``.
         embedding: A module applied to the context once per call (see :class:`Flow`);
             ``context`` is then its output size.
+        support: The support of each data column: a list with one entry per feature, each
+            ``None`` (unbounded), ``(lower, upper)``, ``(lower, None)`` or ``(None, upper)``; a
+            ``None`` (or infinite) bound leaves that side unbounded. Bounded columns are mapped
+            to the real line before everything else (see
+            :class:`~arflows.transforms.SupportTransform`): ``log_prob`` is :math:`-\infty`
+            outside the open support (and on a bound), and samples lie strictly inside.
+            ``None`` (the default): every column unbounded.
         kwargs: Further :class:`MaskedCouplingTransform` options (``activation``).
 
     References:
@@ -272,6 +279,13 @@ class NICE(RealNVP):
         context: The context size :math:`C` (0 for unconditional).
         transforms: The number of coupling layers (4 in the paper).
         hidden_features: The hidden widths of each dense network.
+        support: The support of each data column: a list with one entry per feature, each
+            ``None`` (unbounded), ``(lower, upper)``, ``(lower, None)`` or ``(None, upper)``; a
+            ``None`` (or infinite) bound leaves that side unbounded. Bounded columns are mapped
+            to the real line before everything else (see
+            :class:`~arflows.transforms.SupportTransform`): ``log_prob`` is :math:`-\infty`
+            outside the open support (and on a bound), and samples lie strictly inside.
+            ``None`` (the default): every column unbounded.
         kwargs: Further :class:`RealNVP` options (``randperm``, ``generator``, ``embedding``,
             ``activation``).
 

@@ -26,6 +26,7 @@ from torch import Size, Tensor, nn
 from torch.distributions import Distribution
 
 from ..transforms import ComposedTransform, SupportTransform, Transform, support_bounds
+from ..transforms.support import SHARPNESS
 from .standardize import Moments, Standardization
 
 
@@ -269,6 +270,18 @@ class NormalizingFlow(Distribution):
         )
 
 
+def _logit_if_saved_without_knee(
+    module: nn.Module, state_dict: dict, prefix: str, *args: object
+) -> None:
+    """Loads support weights saved before the knee existed with the plain logit.
+
+    Those hold the two bounds only and were fitted with the logit (sharpness 0): loaded so,
+    they keep their densities.
+    """
+    if prefix + "_arg0" in state_dict and prefix + "_arg2" not in state_dict:
+        state_dict[prefix + "_arg2"] = torch.zeros_like(state_dict[prefix + "_arg0"])
+
+
 def _event_size(base: LazyDistribution) -> int:
     """The number of features of an unconditional lazy base, for flows built without one."""
     try:
@@ -360,7 +373,9 @@ class Flow(LazyDistribution):
         self.support: LazyTransform | None = None
         if support is not None:
             lower, upper = support_bounds(support, len(support))
-            self.support = Unconditional(SupportTransform, lower, upper)
+            sharpness = torch.full_like(lower, SHARPNESS)
+            self.support = Unconditional(SupportTransform, lower, upper, sharpness)
+            self.support.register_load_state_dict_pre_hook(_logit_if_saved_without_knee)
         self.standardization = Standardization()
         self.context_standardization = Standardization()
 

@@ -36,6 +36,13 @@ class NAF(MAF):
         hidden_features: The hidden widths of each MADE.
         components: The number of sigmoids :math:`K` per feature and layer (the mixture
             size of a ``base="mog"`` base keeps :class:`MAF`'s default).
+        support: The support of each data column: a list with one entry per feature, each
+            ``None`` (unbounded), ``(lower, upper)``, ``(lower, None)`` or ``(None, upper)``; a
+            ``None`` (or infinite) bound leaves that side unbounded. Bounded columns are mapped
+            to the real line before everything else (see
+            :class:`~arflows.transforms.SupportTransform`): ``log_prob`` is :math:`-\infty`
+            outside the open support (and on a bound), and samples lie strictly inside.
+            ``None`` (the default): every column unbounded.
         kwargs: Further :class:`MAF` options (``randperm``, ``residual``, ``inverse``,
             ``linear``, ``actnorm``, ...).
 

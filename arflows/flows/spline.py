@@ -36,6 +36,13 @@ class NSF(MAF):
         bins: The number of spline bins :math:`K`.
         bound: The half-width :math:`B` of the splines' interval.
         coupling: Coupling layers with dense networks instead of MADE layers.
+        support: The support of each data column: a list with one entry per feature, each
+            ``None`` (unbounded), ``(lower, upper)``, ``(lower, None)`` or ``(None, upper)``; a
+            ``None`` (or infinite) bound leaves that side unbounded. Bounded columns are mapped
+            to the real line before everything else (see
+            :class:`~arflows.transforms.SupportTransform`): ``log_prob`` is :math:`-\infty`
+            outside the open support (and on a bound), and samples lie strictly inside.
+            ``None`` (the default): every column unbounded.
         kwargs: Further :class:`MAF` options (``randperm``, ``residual``, ``inverse``, ...),
             or with ``coupling=True`` :class:`~arflows.flows.RealNVP` options (``randperm``,
             ``generator``, ``embedding``, ``activation``).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = ["AutoregressiveReport", "check_autoregressive"]
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -58,6 +59,7 @@ def check_autoregressive(
     order: Sequence[int] | None = None,
     samples: int = 4,
     generator: torch.Generator | None = None,
+    dtype: torch.dtype | None = None,
 ) -> AutoregressiveReport:
     r"""Checks, from autograd Jacobians at random points, that a map is autoregressive.
 
@@ -82,6 +84,13 @@ def check_autoregressive(
             accepted and the one found is reported.
         samples: The number of random points.
         generator: The random generator for the points.
+        dtype: The floating point type of the points. If ``None``: that of a module's first
+            floating parameter or buffer; for anything else, the first of torch's default
+            dtype, float64 and float32 that the map accepts (a float64 network inside a plain
+            function refuses float32 points).
+
+    Raises:
+        TypeError: If ``dtype`` is not a floating point type.
 
     Returns:
         A report, true when the map is autoregressive (and context-aware).
@@ -95,7 +104,10 @@ def check_autoregressive(
         >>> report.autoregressive
         False
     """
-    dtype = _dtype_of(meta_or_transform)
+    if dtype is None:
+        dtype = _dtype_of(meta_or_transform, samples, features, context)
+    elif not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"expected `dtype` to be a floating point torch.dtype, got {dtype!r}")
     x = torch.randn(samples, features, dtype=dtype, generator=generator)
     c = torch.randn(samples, context, dtype=dtype, generator=generator) if context else None
     is_transform = isinstance(meta_or_transform, TorchTransform)
@@ -142,11 +154,24 @@ def check_autoregressive(
     )
 
 
-def _dtype_of(obj: object) -> torch.dtype:
+def _dtype_of(obj: object, samples: int, features: int, context: int) -> torch.dtype:
+    """The dtype of a module's first floating tensor, else the first dtype the map accepts."""
+    default = torch.get_default_dtype()
     if isinstance(obj, nn.Module):
-        for p in obj.parameters():
-            return p.dtype
-    return torch.get_default_dtype()
+        tensors = itertools.chain(obj.parameters(), obj.buffers())
+        return next((t.dtype for t in tensors if t.is_floating_point()), default)
+    if isinstance(obj, TorchTransform):  # elementwise maths promotes: any dtype works
+        return default
+    for dtype in dict.fromkeys((default, torch.float64, torch.float32)):
+        x = torch.full((samples, features), 0.5, dtype=dtype)
+        args = (x,) if not context else (x, torch.full((samples, context), 0.5, dtype=dtype))
+        try:
+            with torch.no_grad():
+                obj(*args)
+        except RuntimeError:  # e.g. "mat1 and mat2 must have the same dtype"
+            continue
+        return dtype
+    return default  # the real call then raises the map's own error
 
 
 def _topological_ranks(dependence: BoolTensor, strict: bool) -> list[int] | None:
