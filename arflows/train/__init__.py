@@ -9,17 +9,22 @@ r"""Maximum-likelihood training: :func:`fit`, its rows, steps, checkpoints and p
 * :mod:`~arflows.train.checkpoint`: atomic checkpoints without pickle, and resuming.
 * :mod:`~arflows.train.distributed`: the process group as a fit sees it (torchrun).
 * :mod:`~arflows.train.history`: :class:`History`, what a fit did.
+* :mod:`~arflows.train.start`: the data-dependent start (the classical fit the flow starts at).
+* :mod:`~arflows.train.sizing`: training options sized to a table (the command line's
+  defaults).
 """
 
 __all__ = [
     "CheckpointError",
     "History",
+    "Sizing",
     "World",
     "current_world",
     "fit",
     "init_from_env",
     "read_checkpoint",
     "shutdown",
+    "training_options",
     "write_checkpoint",
 ]
 
@@ -27,3 +32,4 @@ from .checkpoint import CheckpointError, read_checkpoint, write_checkpoint
 from .distributed import World, current_world, init_from_env, shutdown
 from .history import History
 from .loop import fit
+from .sizing import Sizing, training_options

@@ -27,6 +27,12 @@ class History:
             became NaN or infinite; training stopped there and the weights of
             ``best_epoch`` were kept.
         seconds: The wall-clock duration of the whole fit, in seconds.
+        start: What the data-dependent start fitted (see :func:`arflows.flows.initialize_`:
+            the base, the number of mixture components chosen and the validation score of
+            each size tried), or ``None`` when the flow had nothing to fit before training.
+        start_valid: The validation average log-likelihood of the starting point (after the
+            data-dependent start), which the epochs must beat to be kept; ``None`` without
+            a data-dependent start or without validation.
     """
 
     train: list[float] = field(default_factory=list)
@@ -36,3 +42,5 @@ class History:
     stopped_early: bool = False
     stopped_nonfinite: str | None = None
     seconds: float = 0.0
+    start: dict | None = None
+    start_valid: float | None = None

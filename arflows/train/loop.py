@@ -42,6 +42,7 @@ from .setup import (
     steps_per_epoch,
     training_rows,
 )
+from .start import start_from_data
 from .step import Step, distribute, global_batch_rows, unvalidated
 from .validation import Best, end_of_epoch, keep_best_after_failure, should_stop
 
@@ -61,7 +62,9 @@ def fit(
     patience: int | None = 10,
     clip_grad: float | None = 5.0,
     schedule: str | None = "cosine",
+    warmup: int = 0,
     standardize: bool = True,
+    initialize: bool = True,
     dequantize: Sequence[int] | None = None,
     seed: int | None = 0,
     progress: bool = True,
@@ -131,7 +134,16 @@ def fit(
             ``max(1, patience // 2)`` epochs (5 without patience) in which the validation
             score (the training score without validation) gained less than 0.001 nats;
             ``None``: constant.
+        warmup: Optimiser steps over which the learning rate of the cosine schedule rises
+            linearly from ``lr / 100`` to ``lr`` (0: none).
         standardize: Whether to store the training rows' standardisation in the flow first.
+        initialize: Whether a flow with parts fitted to data before training (a
+            :class:`~arflows.flows.GaussianMixture` base, :class:`~arflows.flows.MarginalSpline`
+            layers) starts at that classical fit (:func:`~arflows.flows.initialize_`, with
+            the mixture's size chosen on the validation rows; in-memory rows, with
+            ``standardize``). The starting point is then scored on the validation rows and
+            kept unless an epoch beats it (``best_epoch`` -1), so the fit never ends below
+            its start; see :attr:`History.start`. Other flows are unaffected.
         dequantize: Column indices of integer-valued data to dequantise: training rows get
             fresh :math:`U[0, 1)` noise every epoch, validation rows one fixed draw.
         seed: Seeds the split, the batch order and the dequantisation noise (``None``:
@@ -170,8 +182,9 @@ def fit(
     start = time.perf_counter()
     callbacks = tuple(callbacks)
     check_options(
-        epochs, batch_size, lr, weight_decay, patience, clip_grad, schedule, callbacks, workers
-    )
+        epochs, batch_size, lr, weight_decay, patience, clip_grad, schedule, callbacks, workers,
+        warmup,
+    )  # fmt: skip
     dtype, device = parameters_of(flow)
     world = join_world(distributed)
     data = training_rows(flow, x, context, dtype, device, batch_size, workers)
@@ -181,17 +194,21 @@ def fit(
     generator.manual_seed(seed)
     rows = prepare(flow, x, data, valid, dequantize, generator, world, batch_size)
     train = rows.train
+    history = History()
     # The state before any change: what a failure in the first epoch goes back to.
     best = Best(copy.deepcopy(flow.state_dict()))
     if standardize and saved is None:
-        standardize_from(flow, rows, world, batch_size)
+        started = start_from_data(flow, rows, world, history, seed) if initialize else None
+        if started is None:
+            standardize_from(flow, rows, world, batch_size)
+        else:
+            best = started  # the classical start competes with the epochs
 
     optimizer = torch.optim.AdamW(flow.parameters(), lr=lr, weight_decay=weight_decay)
     steps = steps_per_epoch(train, world, batch_size)
-    scheduler = make_scheduler(schedule, optimizer, epochs, steps, lr, patience)
+    scheduler = make_scheduler(schedule, optimizer, epochs, steps, lr, patience, warmup)
     # Streamed epochs can be long: their bar counts batches, not epochs.
     per_step = not rows.in_memory and steps is not None
-    history = History()
     bar = progress_bar(
         epochs * (steps if per_step else 1),
         progress and world.main,

@@ -54,6 +54,7 @@ def check_options(
     schedule: str | None,
     callbacks: Sequence[Callable],
     workers: int,
+    warmup: int = 0,
 ) -> None:
     """Refuses bad options, each with an error naming it."""
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
@@ -73,6 +74,8 @@ def check_options(
         raise TypeError(f"expected `callbacks` to be a sequence of callables, got {callbacks!r}")
     if isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers < 0:
         raise ValueError(f"expected an integer `workers >= 0`, got {workers!r}")
+    if isinstance(warmup, bool) or not isinstance(warmup, numbers.Integral) or warmup < 0:
+        raise ValueError(f"expected an integer `warmup >= 0`, got {warmup!r}")
 
 
 def parameters_of(flow: Flow) -> tuple[torch.dtype, torch.device]:
@@ -202,6 +205,7 @@ def make_scheduler(
     steps: int | None,
     lr: float,
     patience: int | None,
+    warmup: int = 0,
 ) -> torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau | None:
     """The learning rate schedule named by ``schedule`` (see :func:`arflows.fit`)."""
     if schedule == "cosine":
@@ -210,7 +214,14 @@ def make_scheduler(
                 "schedule='cosine' needs the number of batches per epoch, and this DataLoader "
                 "has no length: give one with a length, or schedule='plateau' or None"
             )
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * steps, lr / 100)
+        total = epochs * steps
+        warmup = min(warmup, total - 1)
+        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total - warmup, lr / 100)
+        if warmup <= 0:
+            return cosine
+        # A linear ramp first: the data-initialised start is a good point to not jump away from.
+        ramp = torch.optim.lr_scheduler.LinearLR(optimizer, 0.01, 1.0, total_iters=warmup)
+        return torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, cosine], [warmup])
     if schedule == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer,
