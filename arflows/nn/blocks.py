@@ -24,20 +24,37 @@ its natural and reversed orders) are used as they are; other orders are sorted b
 Within a block the mask still zeroes entries, so the weight given must be :math:`W \odot M`;
 the blocks only skip entries the mask zeroes anyway, and the result equals the dense product
 up to the order of summation.
+
+The end of the module applies this to a :class:`~arflows.nn.MADE`: :func:`made_blocks` picks
+the blocks of each layer, :class:`MADEPlans` holds the network's plans, and :class:`BlockPath`
+supplies the products of the MADE's forward loop (whose other path is dense).
 """
 
 from __future__ import annotations
 
-__all__ = ["BlockPlan", "Permutation", "auto_blocks", "block_linear", "block_plan"]
+__all__ = [
+    "BlockPath",
+    "BlockPlan",
+    "MADEPlans",
+    "Permutation",
+    "auto_blocks",
+    "block_linear",
+    "block_plan",
+    "made_blocks",
+]
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import LongTensor, Tensor
 from torch.autograd.function import FunctionCtx
 
-from ..checks import check_at_least
+from ..checks import check_at_least, check_int
 from .masks import mask
+
+if TYPE_CHECKING:  # the MADE module imports this one
+    from .made import MADE
 
 
 @dataclass(frozen=True)
@@ -344,3 +361,127 @@ def auto_blocks(rows: int, out_features: int, in_features: int, grad: bool = Fal
     work = out_features * in_features * rows // (_WORK_GRAD if grad else _WORK)
     blocks = min(_MAX_BLOCKS, out_features // (_ROWS_GRAD if grad else _ROWS), work)
     return blocks if blocks >= (_MIN_BLOCKS_GRAD if grad else 2) else 1
+
+
+_BLOCKS = "expected `{name}` 'auto', None or an int >= {low}, got {value!r}"
+
+
+def made_blocks(made: MADE, x: Tensor) -> tuple[int, ...] | None:
+    """The row blocks of each of ``made``'s layers (then its skip layer) for ``x``.
+
+    ``made.blocks`` decides (see :class:`~arflows.nn.MADE`): ``None`` means the dense path,
+    also returned when ``"auto"`` finds no layer where blocks pay.
+    """
+    blocks, layers = made.blocks, [*made.layers, made.skip_layer]
+    if blocks == "auto":
+        # Tuned on CPU, in float32 and float64; elsewhere the dense path is kept.
+        if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+            return None
+        n, grad = x.shape[:-1].numel(), torch.is_grad_enabled()
+        choice = tuple(
+            1 if layer is None else auto_blocks(n, *layer.weight.shape, grad=grad)
+            for layer in layers
+        )
+        return None if max(choice) == 1 else choice
+    if blocks is None:
+        return None
+    check_int("blocks", blocks, 1, message=_BLOCKS)
+    return (blocks,) * len(layers)
+
+
+@dataclass(frozen=True)
+class MADEPlans:
+    """The block plans of a MADE's layers, and the permutations into and out of degree order.
+
+    Attributes:
+        layers: One :class:`BlockPlan` per layer of ``made.layers``.
+        skip: The skip layer's plan, or ``None``.
+        inputs: The permutation sorting the inputs by degree, or ``None`` if their order is
+            monotone (the same for the first layer's and the skip layer's columns).
+        outputs: The same for the output rows (the last layer's and the skip layer's rows).
+    """
+
+    layers: list[BlockPlan]
+    skip: BlockPlan | None
+    inputs: Permutation | None
+    outputs: Permutation | None
+
+    @classmethod
+    def build(cls, made: MADE, blocks: tuple[int, ...]) -> MADEPlans:
+        """The plans of ``made`` with about ``blocks[k]`` row blocks in layer ``k``.
+
+        The last entry of ``blocks`` is the skip layer's.
+        """
+        in_deg = made.input_degrees.cpu()
+        out_deg = in_deg.repeat_interleave(sum(made.param_dims))
+        degrees = [in_deg] + [deg.cpu() for deg in made.degrees]
+        layers = [
+            block_plan(a, b, blocks=n)
+            for a, b, n in zip(degrees[:-1], degrees[1:], blocks[:-2], strict=True)
+        ]
+        layers.append(block_plan(degrees[-1], out_deg, strict=True, blocks=blocks[-2]))
+        skip = None
+        if made.skip_layer is not None:
+            skip = block_plan(in_deg, out_deg, strict=True, blocks=blocks[-1])
+        return cls(layers, skip, layers[0].columns, layers[-1].rows)
+
+    def to(self, device: torch.device) -> MADEPlans:
+        """The same plans with their permutations on ``device``."""
+        return MADEPlans(
+            [plan.to(device) for plan in self.layers],
+            None if self.skip is None else self.skip.to(device),
+            None if self.inputs is None else self.inputs.to(device),
+            None if self.outputs is None else self.outputs.to(device),
+        )
+
+
+class BlockPath:
+    r"""A MADE's layers as block products (:func:`block_linear`), in the :math:`(\cdot, N)` layout.
+
+    The same math as the dense masked products, up to the order of summation: activations are
+    transposed to :math:`(\text{features}, N)`, the inputs sorted by degree on the way in and
+    the outputs put back in feature-major order on the way out. Layer ``k`` is
+    ``made.layers[k]``, and ``len(made.layers)`` the skip layer.
+
+    Args:
+        made: The network.
+        plans: Its plans, on the device of the inputs.
+    """
+
+    def __init__(self, made: MADE, plans: MADEPlans):
+        self.made, self.plans = made, plans
+        self.layers = [*made.layers, made.skip_layer]
+        self.layer_plans = [*plans.layers, plans.skip]
+
+    def inputs(self, x: Tensor) -> Tensor:
+        """The input ``(*, D)`` as the first layer reads it: ``(D, N)``, sorted by degree."""
+        x = x.reshape(-1, self.made.features)  # (N, D)
+        if self.plans.inputs is not None:
+            x = self.plans.inputs(x, 1)
+        return x.T  # (D, N), a view: the products read it transposed
+
+    def context(self, c: Tensor | None) -> list[Tensor | None]:
+        """:meth:`~arflows.nn.MADE.context_terms` transposed: (H_k, N), then sorted (D P, N)."""
+        made = self.made
+        n_out = len(made.hidden_features) + 1
+        if made.context_layer is None or c is None:
+            return [None] * n_out
+        weight, widths = made.context_layer.weight, list(made.hidden_features)
+        if made.skip:
+            hidden, out = weight.split([sum(widths), weight.shape[0] - sum(widths)])
+            if self.plans.skip.rows is not None:
+                weight = torch.cat([hidden, self.plans.skip.rows(out, 0)])
+            widths.append(out.shape[0])
+        terms = list((weight @ c.reshape(-1, made.context).T).split(widths))  # (H_k, N)
+        return terms + [None] * (n_out - len(terms))
+
+    def linear(self, k: int, h: Tensor) -> Tensor:
+        """Layer ``k`` applied to ``h`` with shape (I, N), by block products: (O, N)."""
+        layer = self.layers[k]
+        return block_linear(h, layer.masked_weight(), layer.bias, self.layer_plans[k])
+
+    def outputs(self, out: Tensor, batch: torch.Size) -> Tensor:
+        """The outputs ``(D P, N)`` in the dense layout ``(*, D, P)`` (a view)."""
+        if self.plans.outputs is not None:
+            out = self.plans.outputs.undo(out, 0)  # back to feature-major order
+        return out.T.reshape(*batch, self.made.features, sum(self.made.param_dims))

@@ -5,23 +5,16 @@ from __future__ import annotations
 __all__ = ["MADE", "MaskedLinear", "broadcast_context", "split_params"]
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import BoolTensor, LongTensor, Tensor, nn
 
 # check_int is imported from here by flows modules not yet moved to arflows.checks.
-from ..checks import (
-    INT_AT_LEAST,
-    check_activation,
-    check_int,
-    check_ints,
-    check_last_dim,
-    is_int,
-)
-from .blocks import BlockPlan, Permutation, auto_blocks, block_linear, block_plan
+from ..checks import INT_AT_LEAST, check_activation, check_int, check_ints, check_last_dim
+from .blocks import BlockPath, MADEPlans, made_blocks
 from .masks import hidden_degrees, input_degrees, mask
+from .orders import MaskSets
 
 
 class MaskedLinear(nn.Linear):
@@ -99,7 +92,7 @@ def split_params(out: Tensor, param_dims: Sequence[int]) -> tuple[Tensor, ...]:
     return tuple(p.squeeze(-1) if k == 1 else p for p, k in zip(parts, param_dims, strict=True))
 
 
-class MADE(nn.Module):
+class MADE(MaskSets, nn.Module):
     r"""Masked autoencoder for distribution estimation, with context, residual and skip options.
 
     The network maps :math:`x \in \mathbb{R}^D` (and a context :math:`c`) to parameters
@@ -122,18 +115,15 @@ class MADE(nn.Module):
     chooses the path: ``"auto"`` (the default) takes the block path on CPU when the work is
     large enough to pay (:func:`~arflows.nn.blocks.auto_blocks`), ``None`` always takes the
     dense path, and an integer :math:`B \ge 1` always takes the block path with about
-    :math:`B` row blocks per layer. It is not part of the state dict.
+    :math:`B` row blocks per layer. It is not part of the state dict. Both paths run the same
+    loop over the layers; only the products differ (:class:`~arflows.nn.blocks.BlockPath`).
 
-    With ``orders=K > 1`` the network holds :math:`K` mask sets, for order-agnostic training
-    (Germain et al., 2015, section 4): set 0 uses ``order``, the others random orders drawn with
-    ``generator``, each with its own hidden degrees. One set is active (:attr:`mask_index`):
-    :meth:`select` and :meth:`cycle` switch it, and everything that reads the degrees or masks
-    (the forward pass, its block plans, :meth:`connectivity`, the one-sweep inverse) uses the
-    active set. All sets and the active index are buffers, saved in the state dict and moved by
-    ``.to``. The network never switches by itself: a transform built for one minibatch calls it
-    several times (value, log-determinant, inverse passes), and all those calls must see the
-    same masks. :class:`~arflows.flows.OrderAgnosticMAF` switches once per flow call in
-    training mode and averages over the sets in evaluation mode.
+    With ``orders=K > 1`` the network holds :math:`K` mask sets for order-agnostic training
+    (:mod:`arflows.nn.orders`): set 0 uses ``order``, the others random orders drawn with
+    ``generator``. One set is active (:attr:`mask_index`) and everything that reads the degrees
+    or masks uses it; :meth:`select` and :meth:`cycle` switch it, the network never does.
+    :class:`~arflows.flows.OrderAgnosticMAF` switches once per flow call in training mode and
+    averages over the sets in evaluation mode.
 
     Args:
         features: The number of features :math:`D`.
@@ -190,43 +180,28 @@ class MADE(nn.Module):
         self.features, self.context, self.param_dims = features, context, param_dims
         self.hidden_features, self.residual, self.skip = hidden_features, residual, skip
         self.activation = activation()
-        n_params = sum(param_dims)
 
-        self.orders, self._mask_index = orders, 0
         sets = []  # (input degrees, hidden degrees) of each mask set; set 0 uses `order`
         for k in range(orders):
             ranks = order if k == 0 else torch.randperm(features, generator=generator)
-            sets.append(
-                (
-                    input_degrees(features, ranks),
-                    _layer_degrees(
-                        hidden_features, features, context > 0, hidden_degrees, residual, generator
-                    ),
-                )
+            in_deg = input_degrees(features, ranks)
+            hidden = _layer_degrees(
+                hidden_features, features, context > 0, hidden_degrees, residual, generator
             )
+            sets.append((in_deg, hidden))
         in_deg, degrees = sets[0]
-        out_deg = in_deg.repeat_interleave(n_params)  # feature-major: unit i * P + p
         self.register_buffer("input_degrees", in_deg)
         for k, deg in enumerate(degrees):
             self.register_buffer(f"degrees_{k}", deg)
-        if orders > 1:  # the active set above is a copy of one of these
-            self.register_buffer("input_degrees_sets", torch.stack([s[0] for s in sets]))
-            for j in range(len(hidden_features)):
-                self.register_buffer(f"degrees_{j}_sets", torch.stack([s[1][j] for s in sets]))
-            self.register_buffer("mask_sets_index", torch.tensor(0))
+        self._hold_sets(sets)
 
-        layers = [MaskedLinear(mask(in_deg, degrees[0]))]
-        for prev, deg in zip(degrees[:-1], degrees[1:], strict=True):
-            layers.append(MaskedLinear(mask(prev, deg)))
-        layers.append(MaskedLinear(mask(degrees[-1], out_deg, strict=True)))
-        self.layers = nn.ModuleList(layers)
+        masks = self._masks(in_deg, degrees)
+        self.layers = nn.ModuleList(MaskedLinear(m) for m in masks[: len(hidden_features) + 1])
         # One projection of the context for every hidden layer (and the outputs with skip),
         # so it can be computed once per call.
-        ctx_width = sum(hidden_features) + (features * n_params if skip else 0)
+        ctx_width = sum(hidden_features) + (features * sum(param_dims) if skip else 0)
         self.context_layer = nn.Linear(context, ctx_width, bias=False) if context else None
-        self.skip_layer = (
-            MaskedLinear(mask(in_deg, out_deg, strict=True), bias=False) if skip else None
-        )
+        self.skip_layer = MaskedLinear(masks[-1], bias=False) if skip else None
 
         for layer in (self.layers[-1], self.skip_layer):
             if layer is not None:
@@ -243,64 +218,8 @@ class MADE(nn.Module):
         self.blocks: int | str | None = "auto"
         # Block plans by (mask set, blocks, device), derived from the degree buffers; loading
         # a state dict may replace those, so it clears them.
-        self._plans: dict[tuple[int, tuple[int, ...], torch.device], _BlockPlans] = {}
+        self._plans: dict[tuple[int, tuple[int, ...], torch.device], MADEPlans] = {}
         self.register_load_state_dict_post_hook(_clear_plans)
-        if orders > 1:
-            self.register_load_state_dict_post_hook(_restore_mask_set)
-
-    @property
-    def mask_index(self) -> int:
-        """The index of the active mask set, in :math:`0..K-1` (always 0 with one order)."""
-        return self._mask_index
-
-    @property
-    def all_orders(self) -> LongTensor:
-        """The rank of each feature in each mask set's order, with shape :math:`(K, D)`."""
-        if self.orders == 1:
-            return self.order[None]
-        return self.input_degrees_sets - 1
-
-    def select(self, index: int) -> None:
-        """Makes mask set ``index`` the active one (see the class description).
-
-        Args:
-            index: The mask set, in :math:`0..K-1`.
-        """
-        if not is_int(index) or not 0 <= index < self.orders:
-            raise ValueError(
-                f"expected a mask set index in 0..{self.orders - 1} (orders={self.orders}), "
-                f"got {index!r}"
-            )
-        if index != self._mask_index:
-            self._activate_set(index)
-
-    def cycle(self) -> int:
-        """Makes the next mask set (cyclically) the active one, and returns its index."""
-        self.select((self._mask_index + 1) % self.orders)
-        return self._mask_index
-
-    def _activate_set(self, index: int) -> None:
-        # New tensors are assigned rather than written in place: autograd may still hold the
-        # previous masks for a backward pass through another set.
-        if self.orders == 1:
-            return
-        in_deg = self.input_degrees_sets[index].clone()
-        degrees = [
-            getattr(self, f"degrees_{j}_sets")[index].clone()
-            for j in range(len(self.hidden_features))
-        ]
-        self.input_degrees = in_deg
-        for j, deg in enumerate(degrees):
-            setattr(self, f"degrees_{j}", deg)
-        out_deg = in_deg.repeat_interleave(sum(self.param_dims))
-        sources = [in_deg, *degrees]
-        targets = [*degrees, out_deg]
-        for layer, a, b in zip(self.layers, sources, targets, strict=True):
-            _set_mask(layer, mask(a, b, strict=b is out_deg))
-        if self.skip_layer is not None:
-            _set_mask(self.skip_layer, mask(in_deg, out_deg, strict=True))
-        self.mask_sets_index.fill_(index)
-        self._mask_index = index
 
     @property
     def order(self) -> LongTensor:
@@ -311,6 +230,30 @@ class MADE(nn.Module):
     def degrees(self) -> list[LongTensor]:
         """The sorted degrees of each hidden layer."""
         return [getattr(self, f"degrees_{k}") for k in range(len(self.hidden_features))]
+
+    def _masked_layers(self) -> list[MaskedLinear]:
+        """The masked layers: the hidden and output layers, then the skip layer if any."""
+        return [*self.layers, *([] if self.skip_layer is None else [self.skip_layer])]
+
+    def _masks(self, in_deg: LongTensor, degrees: list[LongTensor]) -> list[BoolTensor]:
+        """The mask of each of :meth:`_masked_layers` for these input and hidden degrees."""
+        out_deg = in_deg.repeat_interleave(sum(self.param_dims))  # feature-major: i * P + p
+        sources, targets = [in_deg, *degrees], [*degrees, out_deg]
+        masks = [mask(a, b, strict=b is out_deg) for a, b in zip(sources, targets, strict=True)]
+        if self.skip:
+            masks.append(mask(in_deg, out_deg, strict=True))
+        return masks
+
+    def _use_degrees(self, in_deg: LongTensor, degrees: list[LongTensor]) -> None:
+        """Makes these degrees and their masks the network's (see :class:`MaskSets`)."""
+        # New tensors are assigned rather than written in place: autograd may still hold the
+        # previous masks for a backward pass through another set.
+        self.input_degrees = in_deg
+        for j, deg in enumerate(degrees):
+            setattr(self, f"degrees_{j}", deg)
+        for layer, new in zip(self._masked_layers(), self._masks(in_deg, degrees), strict=True):
+            layer.mask = new
+            layer._float_mask = new.to(layer.weight.dtype)
 
     def connectivity(self) -> BoolTensor:
         r"""Which inputs can reach which features' outputs, from the product of the masks.
@@ -353,19 +296,8 @@ class MADE(nn.Module):
                 the masks are not those of the degrees (with several, loading rebuilds them).
         """
         expected = torch.arange(1, self.features + 1, device=self.input_degrees.device)
-        if self.orders == 1:
-            sets = [(self.input_degrees, self.degrees)]
-        else:
-            index = int(self.mask_sets_index)
-            if not 0 <= index < self.orders:
-                raise ValueError(
-                    f"the active mask set index {index} is not in 0..{self.orders - 1}"
-                )
-            hidden = [getattr(self, f"degrees_{j}_sets") for j in range(len(self.hidden_features))]
-            sets = [
-                (self.input_degrees_sets[k], [h[k] for h in hidden]) for k in range(self.orders)
-            ]
-        for in_deg, degrees in sets:
+        self._check_index()
+        for in_deg, degrees in self._degree_sets():
             if not torch.equal(in_deg.sort().values, expected):
                 raise ValueError(
                     f"the input degrees {in_deg.tolist()} are not a permutation of "
@@ -374,18 +306,14 @@ class MADE(nn.Module):
             if any(bool((deg[1:] < deg[:-1]).any()) for deg in degrees):
                 raise ValueError("the hidden degrees are not sorted")
         if self.orders == 1:
-            in_deg, degrees = sets[0]
-            out_deg = in_deg.repeat_interleave(sum(self.param_dims))
-            targets = [*degrees, out_deg]
-            layers = list(zip(self.layers, [in_deg, *degrees], targets, strict=True))
-            if self.skip_layer is not None:
-                layers.append((self.skip_layer, in_deg, out_deg))
-            for layer, a, b in layers:
-                if not torch.equal(layer.mask, mask(a, b, strict=b is out_deg)):
-                    raise ValueError(
-                        "the masks do not match the degrees: the network would not "
-                        "be autoregressive"
-                    )
+            masks = self._masks(self.input_degrees, self.degrees)
+            if not all(
+                torch.equal(layer.mask, m)
+                for layer, m in zip(self._masked_layers(), masks, strict=True)
+            ):
+                raise ValueError(
+                    "the masks do not match the degrees: the network would not be autoregressive"
+                )
 
     def context_terms(self, c: Tensor | None) -> list[Tensor | None]:
         r"""The context's contribution to each hidden layer (and the outputs with ``skip``).
@@ -419,25 +347,32 @@ class MADE(nn.Module):
         """
         check_last_dim(x, self.features)
         x, c = broadcast_context(x, c, self.context)
-        blocks = self._blocks(x)
-        if blocks is not None:
-            return self._forward_blocks(x, c, blocks)
-        ctx = self.context_terms(c)
-        h = self.layers[0](x)
+        path, batch = self._path(x), x.shape[:-1]
+        x, ctx, n_layers = path.inputs(x), path.context(c), len(self.layers)
+        h = path.linear(0, x)
         if ctx[0] is not None:
             h = h + ctx[0]
-        for k, layer in enumerate(self.layers[1:-1], start=1):
-            update = layer(self._activate(h, last=False))
+        for k in range(1, n_layers - 1):
+            update = path.linear(k, self._activate(h, last=False))
             if ctx[k] is not None:
                 update = update + ctx[k]
             h = h + update if self.residual else update
-        out = self.layers[-1](self._activate(h, last=True))
+        out = path.linear(n_layers - 1, self._activate(h, last=True))
         if self.skip_layer is not None:
-            out = out + self.skip_layer(x)
+            out = out + path.linear(n_layers, x)
             if ctx[-1] is not None:
                 out = out + ctx[-1]
-        out = out.unflatten(-1, (self.features, sum(self.param_dims)))  # (*, D, P)
-        return split_params(out, self.param_dims)
+        return split_params(path.outputs(out, batch), self.param_dims)  # from (*, D, P)
+
+    def _path(self, x: Tensor) -> _DensePath | BlockPath:
+        """How to compute the layers' products for ``x``: dense, or by blocks (same math)."""
+        blocks = made_blocks(self, x)
+        if blocks is None:
+            return _DensePath(self)
+        key = (self._mask_index, blocks, x.device)
+        if key not in self._plans:
+            self._plans[key] = MADEPlans.build(self, blocks).to(x.device)
+        return BlockPath(self, self._plans[key])
 
     def _activate(self, h: Tensor, last: bool) -> Tensor:
         """The activation of the fresh pre-activations ``h``, in place unless ``h`` is reused.
@@ -451,76 +386,6 @@ class MADE(nn.Module):
             return self.activation(h)
         return inplace(h)
 
-    def _blocks(self, x: Tensor) -> tuple[int, ...] | None:
-        """The row blocks of each layer (then the skip layer) for ``x``, or ``None`` for dense."""
-        blocks, n_layers = self.blocks, len(self.layers) + 1
-        if blocks == "auto":
-            # Tuned on CPU, in float32 and float64; elsewhere the dense path is kept.
-            if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
-                return None
-            n, grad = x.shape[:-1].numel(), torch.is_grad_enabled()
-            layers = [*self.layers, self.skip_layer]
-            choice = tuple(
-                1 if layer is None else auto_blocks(n, *layer.weight.shape, grad=grad)
-                for layer in layers
-            )
-            return None if max(choice) == 1 else choice
-        if blocks is None:
-            return None
-        check_int("blocks", blocks, 1, message=_BLOCKS)
-        return (blocks,) * n_layers
-
-    def _block_plans(self, blocks: tuple[int, ...], device: torch.device) -> _BlockPlans:
-        key = (self._mask_index, blocks, device)
-        if key not in self._plans:
-            self._plans[key] = _BlockPlans.build(self, blocks).to(device)
-        return self._plans[key]
-
-    def _forward_blocks(
-        self, x: Tensor, c: Tensor | None, blocks: tuple[int, ...]
-    ) -> tuple[Tensor, ...]:
-        """The forward pass in the transposed layout, by block products (same math)."""
-        plans = self._block_plans(blocks, x.device)
-        batch, d, n_params = x.shape[:-1], self.features, sum(self.param_dims)
-        x = x.reshape(-1, d)  # (N, D)
-        if plans.inputs is not None:
-            x = plans.inputs(x, 1)  # inputs sorted by degree
-        xt = x.T  # (D, N), a view: the products read it transposed
-        ctx = self._context_terms_t(c, plans)
-        layers = [(layer.masked_weight(), layer.bias) for layer in self.layers]
-        h = block_linear(xt, *layers[0], plans.layers[0])  # (H_1, N)
-        if ctx[0] is not None:
-            h = h + ctx[0]
-        for k in range(1, len(layers) - 1):
-            update = block_linear(self._activate(h, last=False), *layers[k], plans.layers[k])
-            if ctx[k] is not None:
-                update = update + ctx[k]
-            h = h + update if self.residual else update
-        out = block_linear(self._activate(h, last=True), *layers[-1], plans.layers[-1])
-        if self.skip_layer is not None:
-            skip = self.skip_layer.masked_weight()
-            out = out + block_linear(xt, skip, None, plans.skip)
-            if ctx[-1] is not None:
-                out = out + ctx[-1]
-        if plans.outputs is not None:
-            out = plans.outputs.undo(out, 0)  # back to feature-major order
-        out = out.T.reshape(*batch, d, n_params)  # (*, D, P), a view
-        return split_params(out, self.param_dims)
-
-    def _context_terms_t(self, c: Tensor | None, plans: _BlockPlans) -> list[Tensor | None]:
-        """:meth:`context_terms` transposed, with shapes (H_k, N) and (D P, N) sorted rows."""
-        n_out = len(self.hidden_features) + 1
-        if self.context_layer is None or c is None:
-            return [None] * n_out
-        weight, widths = self.context_layer.weight, list(self.hidden_features)
-        if self.skip:
-            hidden, out = weight.split([sum(widths), weight.shape[0] - sum(widths)])
-            if plans.skip.rows is not None:
-                weight = torch.cat([hidden, plans.skip.rows(out, 0)])
-            widths.append(out.shape[0])
-        terms = list((weight @ c.reshape(-1, self.context).T).split(widths))  # (H_k, N)
-        return terms + [None] * (n_out - len(terms))
-
     def extra_repr(self) -> str:  # noqa: D102
         orders = (
             "" if self.orders == 1 else f", orders={self.orders}, mask_index={self.mask_index}"
@@ -531,7 +396,28 @@ class MADE(nn.Module):
         )
 
 
-_BLOCKS = "expected `{name}` 'auto', None or an int >= {low}, got {value!r}"
+class _DensePath:
+    """A MADE's layers as dense masked products, in the ``(*, features)`` layout.
+
+    Layer ``k`` is ``made.layers[k]``, and ``len(made.layers)`` the skip layer; each method
+    mirrors one of :class:`~arflows.nn.blocks.BlockPath`'s.
+    """
+
+    def __init__(self, made: MADE):
+        self.made, self.layers = made, [*made.layers, made.skip_layer]
+
+    def inputs(self, x: Tensor) -> Tensor:
+        return x
+
+    def context(self, c: Tensor | None) -> list[Tensor | None]:
+        return self.made.context_terms(c)
+
+    def linear(self, k: int, h: Tensor) -> Tensor:
+        return self.layers[k](h)
+
+    def outputs(self, out: Tensor, batch: torch.Size) -> Tensor:
+        return out.unflatten(-1, (self.made.features, sum(self.made.param_dims)))
+
 
 # Parameter-free elementwise activations and their in-place versions.
 _INPLACE: dict[type[nn.Module], Callable[[Tensor], Tensor]] = {
@@ -541,65 +427,8 @@ _INPLACE: dict[type[nn.Module], Callable[[Tensor], Tensor]] = {
 }
 
 
-@dataclass(frozen=True)
-class _BlockPlans:
-    """The block plans of a MADE's layers, and the permutations into and out of degree order.
-
-    Attributes:
-        layers: One :class:`~arflows.nn.blocks.BlockPlan` per layer of ``made.layers``.
-        skip: The skip layer's plan, or ``None``.
-        inputs: The permutation sorting the inputs by degree, or ``None`` if their order is
-            monotone (the same for the first layer's and the skip layer's columns).
-        outputs: The same for the output rows (the last layer's and the skip layer's rows).
-    """
-
-    layers: list[BlockPlan]
-    skip: BlockPlan | None
-    inputs: Permutation | None
-    outputs: Permutation | None
-
-    @classmethod
-    def build(cls, made: MADE, blocks: tuple[int, ...]) -> _BlockPlans:
-        """The plans of ``made`` with about ``blocks[k]`` row blocks in layer ``k``.
-
-        The last entry of ``blocks`` is the skip layer's.
-        """
-        in_deg = made.input_degrees.cpu()
-        out_deg = in_deg.repeat_interleave(sum(made.param_dims))
-        degrees = [in_deg] + [deg.cpu() for deg in made.degrees]
-        layers = [
-            block_plan(a, b, blocks=n)
-            for a, b, n in zip(degrees[:-1], degrees[1:], blocks[:-2], strict=True)
-        ]
-        layers.append(block_plan(degrees[-1], out_deg, strict=True, blocks=blocks[-2]))
-        skip = None
-        if made.skip_layer is not None:
-            skip = block_plan(in_deg, out_deg, strict=True, blocks=blocks[-1])
-        return cls(layers, skip, layers[0].columns, layers[-1].rows)
-
-    def to(self, device: torch.device) -> _BlockPlans:
-        """The same plans with their permutations on ``device``."""
-        return _BlockPlans(
-            [plan.to(device) for plan in self.layers],
-            None if self.skip is None else self.skip.to(device),
-            None if self.inputs is None else self.inputs.to(device),
-            None if self.outputs is None else self.outputs.to(device),
-        )
-
-
 def _clear_plans(module: nn.Module, incompatible_keys: object) -> None:
     module._plans.clear()
-
-
-def _restore_mask_set(module: MADE, incompatible_keys: object) -> None:
-    # The loaded active masks match the loaded index; rebuilding them from the loaded sets
-    # also keeps the Python-side index in step.
-    module._activate_set(int(module.mask_sets_index))
-
-
-def _set_mask(layer: MaskedLinear, new: BoolTensor) -> None:
-    layer.mask = new
-    layer._float_mask = new.to(layer.weight.dtype)
 
 
 def _layer_degrees(

@@ -7,7 +7,7 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-import arflows.nn.made as made_module
+import arflows.nn.blocks as blocks_module
 from arflows.nn import MADE, mask
 from arflows.nn.blocks import auto_blocks, block_linear, block_plan
 from tests.helpers import randomize
@@ -224,7 +224,7 @@ def spy_blocks(monkeypatch):
         calls.append(args[-1])
         return block_linear(*args)
 
-    monkeypatch.setattr(made_module, "block_linear", spy)
+    monkeypatch.setattr(blocks_module, "block_linear", spy)
     return calls
 
 
