@@ -29,6 +29,7 @@ __all__ = [
     "LazyInverse",
     "LazyTransform",
     "MaskedAutoregressiveTransform",
+    "autoregressive_layers",
     "NSF",
     "NormalizingFlow",
     "StandardNormal",
@@ -41,7 +42,7 @@ __all__ = [
 ]
 
 from .agnostic import MaskEnsemble, MaskMixture, OrderAgnosticMAF, mask_orders, select_masks
-from .autoregressive import IAF, MAF, MaskedAutoregressiveTransform
+from .autoregressive import IAF, MAF, MaskedAutoregressiveTransform, autoregressive_layers
 from .bases import StandardNormal
 from .coupling import (
     NICE,

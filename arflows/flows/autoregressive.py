@@ -2,7 +2,7 @@ r"""Masked autoregressive flows: the lazy MADE transform, :class:`MAF` and :clas
 
 from __future__ import annotations
 
-__all__ = ["IAF", "MAF", "MaskedAutoregressiveTransform"]
+__all__ = ["IAF", "MAF", "MaskedAutoregressiveTransform", "autoregressive_layers"]
 
 import math
 from collections.abc import Iterator, Sequence
@@ -21,7 +21,7 @@ from ..transforms import (
 )
 from .bases import StandardNormal
 from .gmm import GaussianMixture
-from .lazy import Flow, LazyInverse, LazyTransform, check_sizes
+from .lazy import Flow, LazyDistribution, LazyInverse, LazyTransform, check_sizes
 from .linear import LULinear
 from .marginal import MarginalSpline
 from .mixture import MADEMoG
@@ -185,6 +185,97 @@ _LINEARS = (None, "lu")
 _TRANSFORM_ONLY = ("univariate", "univariate_kwargs", "passes", "inverse")
 
 
+def autoregressive_layers(
+    features: int,
+    context: int = 0,
+    transforms: int = 5,
+    hidden_features: Sequence[int] = (64, 64),
+    *,
+    randperm: bool = False,
+    generator: torch.Generator | None = None,
+    base: str = "normal",
+    components: int = 10,
+    marginals: bool = False,
+    batch_norm: bool = False,
+    actnorm: bool = False,
+    linear: str | None = None,
+    support: Sequence | None = None,
+    flow_name: str = "MAF",
+    **kwargs,
+) -> tuple[list[LazyTransform], LazyDistribution]:
+    r"""The layers and base of a masked autoregressive flow (see :class:`MAF` for the options).
+
+    Data side first: the optional marginal maps, then for each layer :math:`k` an optional LU
+    linear layer (:math:`k > 0`), the MADE layer and an optional batch norm or ActNorm. Each
+    layer's order is drawn just before its MADE is built, then the ``"mog"`` base's, so a seed
+    gives the same weights whichever flow class calls this.
+
+    Args:
+        features: The number of features :math:`D`.
+        context: The context size :math:`C` (0 for none).
+        transforms: The number of autoregressive layers.
+        hidden_features: The hidden widths of each MADE.
+        randperm: Random feature orders (drawn with ``generator``).
+        generator: The random generator for ``randperm`` and random degrees.
+        base: ``"normal"``, ``"gaussian"``, ``"gmm"`` or ``"mog"``.
+        components: The components of the ``"mog"`` or ``"gmm"`` base.
+        marginals: A :class:`~arflows.flows.MarginalSpline` first.
+        batch_norm: Batch normalisation after every MADE layer.
+        actnorm: ActNorm after every MADE layer.
+        linear: ``"lu"`` for an LU linear layer between consecutive MADE layers, or ``None``.
+        support: Only checked here (one entry per feature), before any layer is built; the
+            flow maps the support itself.
+        flow_name: The calling flow class's name, for error messages.
+        kwargs: Options of :class:`MaskedAutoregressiveTransform`; the MADE options also reach
+            the ``"mog"`` base's MADE.
+
+    Returns:
+        The lazy layers, data side first, and the lazy base distribution.
+    """
+    check_sizes(features, context, hidden_features)
+    check_int("transforms", transforms, 1)
+    if "order" in kwargs:
+        # Each layer gets its own order; a shared `order=` would clash with them.
+        raise TypeError(
+            f"{flow_name} sets the order of each layer itself (alternating, or "
+            "random with randperm=True); it takes no `order` argument"
+        )
+    if base not in _BASES:
+        raise ValueError(f"expected `base` in {_BASES}, got {base!r}")
+    if linear not in _LINEARS:
+        raise ValueError(f"expected `linear` in {_LINEARS}, got {linear!r}")
+    if batch_norm and actnorm:
+        raise ValueError("expected at most one of `batch_norm` and `actnorm`, got both")
+    if support is not None:
+        support_bounds(support, features)  # one entry per feature, checked before any layer
+    # Drawn lazily: each layer's order just before its MADE, as the random stream expects.
+    orders = _orders(features, transforms + (base == "mog"), randperm, generator)
+    layers = [MarginalSpline(features)] if marginals else []
+    for k in range(transforms):
+        if linear == "lu" and k > 0:
+            layers.append(LULinear(features))
+        layers.append(
+            MaskedAutoregressiveTransform(
+                features,
+                context,
+                order=next(orders),
+                hidden_features=hidden_features,
+                generator=generator,
+                **kwargs,
+            )
+        )
+        if batch_norm or actnorm:
+            layers.append(BatchNorm(features) if batch_norm else ActNorm(features))
+    lazy_base = StandardNormal(features)
+    if base == "mog":
+        made_kwargs = {k: v for k, v in kwargs.items() if k not in _TRANSFORM_ONLY}
+        made_kwargs.update(order=next(orders), generator=generator)
+        lazy_base = MADEMoG(features, context, components, hidden_features, **made_kwargs)
+    elif base in ("gaussian", "gmm"):
+        lazy_base = GaussianMixture(features, components if base == "gmm" else 1)
+    return layers, lazy_base
+
+
 class MAF(Flow):
     r"""Masked autoregressive flow: MADE transforms with alternating orders on a standard normal.
 
@@ -272,47 +363,23 @@ class MAF(Flow):
         support: Sequence | None = None,
         **kwargs,
     ):
-        check_sizes(features, context, hidden_features)
-        check_int("transforms", transforms, 1)
-        if "order" in kwargs:
-            # Each layer gets its own order; a shared `order=` would clash with them.
-            raise TypeError(
-                f"{type(self).__name__} sets the order of each layer itself (alternating, or "
-                "random with randperm=True); it takes no `order` argument"
-            )
-        if base not in _BASES:
-            raise ValueError(f"expected `base` in {_BASES}, got {base!r}")
-        if linear not in _LINEARS:
-            raise ValueError(f"expected `linear` in {_LINEARS}, got {linear!r}")
-        if batch_norm and actnorm:
-            raise ValueError("expected at most one of `batch_norm` and `actnorm`, got both")
-        if support is not None:
-            support_bounds(support, features)  # one entry per feature, checked before any layer
-        # Drawn lazily: each layer's order just before its MADE, as the random stream expects.
-        orders = _orders(features, transforms + (base == "mog"), randperm, generator)
-        layers = [MarginalSpline(features)] if marginals else []
-        for k in range(transforms):
-            if linear == "lu" and k > 0:
-                layers.append(LULinear(features))
-            layers.append(
-                MaskedAutoregressiveTransform(
-                    features,
-                    context,
-                    order=next(orders),
-                    hidden_features=hidden_features,
-                    generator=generator,
-                    **kwargs,
-                )
-            )
-            if batch_norm or actnorm:
-                layers.append(BatchNorm(features) if batch_norm else ActNorm(features))
-        lazy_base = StandardNormal(features)
-        if base == "mog":
-            made_kwargs = {k: v for k, v in kwargs.items() if k not in _TRANSFORM_ONLY}
-            made_kwargs.update(order=next(orders), generator=generator)
-            lazy_base = MADEMoG(features, context, components, hidden_features, **made_kwargs)
-        elif base in ("gaussian", "gmm"):
-            lazy_base = GaussianMixture(features, components if base == "gmm" else 1)
+        layers, lazy_base = autoregressive_layers(
+            features,
+            context,
+            transforms,
+            hidden_features,
+            randperm=randperm,
+            generator=generator,
+            base=base,
+            components=components,
+            marginals=marginals,
+            batch_norm=batch_norm,
+            actnorm=actnorm,
+            linear=linear,
+            support=support,
+            flow_name=type(self).__name__,
+            **kwargs,
+        )
         super().__init__(
             layers,
             lazy_base,

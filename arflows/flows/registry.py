@@ -48,7 +48,10 @@ def flow_options(family: str | type[Flow]) -> list[str]:
     """The keyword options a flow family's constructor names, besides ``features`` and ``context``.
 
     Subclasses often pass ``**kwargs`` on to their parent: the parents' options count too, up
-    to (not including) :class:`Flow`, whose arguments are modules rather than options.
+    to (not including) :class:`Flow`, whose arguments are modules rather than options. A class
+    whose ``**kwargs`` go to another family's layers names that family in an ``options_from``
+    class attribute (as :class:`~arflows.flows.NSF` does with :class:`~arflows.flows.MAF`), and
+    that family's options count too.
     Options that a family passes on to its layers (such as :class:`MAF`'s MADE options) are
     not listed.
 
@@ -77,6 +80,10 @@ def flow_options(family: str | type[Flow]) -> list[str]:
             and p.name not in names
         ]
         if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+        source = vars(klass).get("options_from")
+        if source is not None:
+            names += [name for name in flow_options(source) if name not in names]
             break
     return names
 

@@ -5,15 +5,16 @@ from __future__ import annotations
 __all__ = ["NSF"]
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 from ..transforms import MonotonicRQSTransform, support_bounds
-from .autoregressive import MAF
+from .autoregressive import MAF, autoregressive_layers
 from .bases import StandardNormal
 from .coupling import coupling_layers
 from .lazy import Flow
 
 
-class NSF(MAF):
+class NSF(Flow):
     r"""Neural spline flow: monotone rational-quadratic splines, MADE- or coupling-conditioned.
 
     Each layer maps :math:`y_i = h(x_i; \theta_i(x_{<i}, c))` with :math:`h` a spline of
@@ -61,6 +62,10 @@ class NSF(MAF):
         torch.Size([4, 3])
     """
 
+    #: The family whose options ``**kwargs`` takes by default (autoregressive layers), which
+    #: :func:`~arflows.flows.flow_options` lists after NSF's own.
+    options_from: ClassVar[type[Flow]] = MAF
+
     def __init__(
         self,
         features: int,
@@ -78,21 +83,29 @@ class NSF(MAF):
         spline = dict(
             univariate=MonotonicRQSTransform, univariate_kwargs=dict(bins=bins, bound=bound)
         )
-        if not coupling:
-            super().__init__(features, context, transforms, hidden_features, **spline, **kwargs)
-            return
-        # Coupling skips MAF's constructor (MADE layers) and builds the flow directly.
         embedding = kwargs.pop("embedding", None)
         support = kwargs.pop("support", None)
-        if support is not None:
-            support_bounds(support, features)  # one entry per feature, checked before any layer
-        layers = coupling_layers(
-            features, context, transforms, hidden_features=hidden_features, **spline, **kwargs
-        )
-        Flow.__init__(
-            self,
+        if coupling:
+            if support is not None:
+                support_bounds(support, features)  # one entry per feature, before any layer
+            layers = coupling_layers(
+                features, context, transforms, hidden_features=hidden_features, **spline, **kwargs
+            )
+            lazy_base = StandardNormal(features)
+        else:
+            layers, lazy_base = autoregressive_layers(
+                features,
+                context,
+                transforms,
+                hidden_features,
+                support=support,
+                flow_name=type(self).__name__,
+                **spline,
+                **kwargs,
+            )
+        super().__init__(
             layers,
-            StandardNormal(features),
+            lazy_base,
             embedding=embedding,
             support=support,
             features=features,
