@@ -83,6 +83,7 @@ def initialize_(
     components: int | str = "auto",
     marginals: bool = True,
     holdout: float = 0.2,
+    max_rows: int | None = 20_000,
     seed: int = 0,
     **kwargs,
 ) -> dict:
@@ -99,8 +100,8 @@ def initialize_(
 
     ``components="auto"`` fits the sizes :data:`~arflows.flows.gmm.COMPONENTS` up to the
     base's ``max_components`` (its ``components`` when built) and keeps the best on the
-    validation rows: ``valid`` if given, else a seeded ``holdout`` share of ``x``, after which
-    the chosen size is refitted on all of ``x``. The base takes the chosen number of
+    validation rows: ``valid`` if given, else a seeded ``holdout`` share of ``x``; the chosen
+    size is then refitted on all of ``x``. The base takes the chosen number of
     components (build optimisers after this call). Any other base (standard normal, MADE
     MoG) is kept: only the standardisation and the marginal maps are set, and the summary
     says so. A conditional flow works the same way: the context is standardised and its
@@ -123,6 +124,9 @@ def initialize_(
         marginals: Whether to initialise the flow's marginal maps (if it has any).
         holdout: The share of ``x`` held out to choose the number of components when
             ``valid`` is not given.
+        max_rows: The most training rows (a seeded sample) the sizes are compared on, to
+            bound the time EM takes on large tables; the chosen size is then fitted on all of
+            ``x``. ``None``: all rows.
         seed: The seed of the hold-out split and the EM restarts.
         kwargs: Options of :func:`~arflows.flows.fit_gaussian_mixture` (``max_iter``,
             ``tol``, ``reg``, ``restarts``).
@@ -144,7 +148,8 @@ def initialize_(
     Example:
         >>> from arflows.flows import MAF
         >>> flow = MAF(2, transforms=1, base="gaussian").double()
-        >>> x = torch.randn(500, 2, dtype=torch.float64) @ torch.tensor([[1.0, 0.9], [0, 0.3]])
+        >>> mixing = torch.tensor([[1.0, 0.9], [0.0, 0.3]], dtype=torch.float64)
+        >>> x = torch.randn(500, 2, dtype=torch.float64) @ mixing
         >>> summary = initialize_(flow, x)
         >>> summary["components"], round(summary["log_prob"], 6) == round(
         ...     flow().log_prob(x).mean().item(), 6)
@@ -194,9 +199,8 @@ def initialize_(
             "selected_on": None,
         }
         if isinstance(flow.base, GaussianMixture):
-            summary.update(
-                _fit_base(flow, x, c, valid, valid_c, components, holdout, seed, kwargs)
-            )
+            options = dict(components=components, holdout=holdout, max_rows=max_rows, seed=seed)
+            summary.update(_fit_base(flow, x, c, valid, valid_c, **options, kwargs=kwargs))
         summary["log_prob"] = _mean_log_prob(flow, x, c)
         summary["valid_log_prob"] = None
         if valid is not None:
@@ -212,42 +216,40 @@ def _fit_base(
     c: Tensor | None,
     valid: Tensor | None,
     valid_c: Tensor | None,
+    *,
     components: int | str,
     holdout: float,
+    max_rows: int | None,
     seed: int,
     kwargs: dict,
 ) -> dict:
     """Fits the GaussianMixture base to the noise of ``x``; the summary's base entries."""
     base = flow.base
-    z, _ = _noise(flow, x, c)
+    z, ladj = _noise(flow, x, c)
     kwargs = dict(kwargs, seed=seed)
     sizes = [k for k in COMPONENTS if k <= base.max_components]
     sizes += [] if base.max_components in sizes else [base.max_components]
-    scores, selected_on = {}, None
-    if components != "auto":
-        fit = fit_gaussian_mixture(z, components, **kwargs)
-    elif len(sizes) == 1:
-        fit = fit_gaussian_mixture(z, 1, **kwargs)
-    elif valid is not None:
-        z_valid, ladj = _noise(flow, valid, valid_c)
-        fit, scores = select_gaussian_mixture(z, z_valid, sizes, **kwargs)
-        scores = {k: s + ladj.mean().item() for k, s in scores.items()}
-        selected_on = "valid"
+    if components != "auto" or len(sizes) == 1:
+        fit = fit_gaussian_mixture(z, 1 if components == "auto" else components, **kwargs)
+        base.set_(fit.weights, fit.means, fit.covariances)
+        return {"fitted": True, "mixture": fit, "components": fit.components}
+    generator = torch.Generator().manual_seed(seed)
+    if valid is not None:
+        train, (z_valid, ladj) = z, _noise(flow, valid, valid_c)
     else:
-        generator = torch.Generator().manual_seed(seed)
         order = torch.randperm(len(z), generator=generator).to(z.device)
         held = max(1, round(holdout * len(z)))
-        hold, train = order[:held], order[held:]
-        _, ladj = _noise(flow, x[hold], None if c is None else c[hold])
-        chosen, scores = select_gaussian_mixture(z[train], z[hold], sizes, **kwargs)
-        scores = {k: s + ladj.mean().item() for k, s in scores.items()}
-        fit = fit_gaussian_mixture(z, chosen.components, **kwargs)
-        selected_on = "holdout"
+        train, z_valid, ladj = z[order[held:]], z[order[:held]], ladj[order[:held]]
+    if max_rows is not None and len(train) > max_rows:
+        train = train[torch.randperm(len(train), generator=generator)[:max_rows].to(z.device)]
+    chosen, scores = select_gaussian_mixture(train, z_valid, sizes, **kwargs)
+    fit = chosen if len(train) == len(z) else fit_gaussian_mixture(z, chosen.components, **kwargs)
     base.set_(fit.weights, fit.means, fit.covariances)
     return {
         "fitted": True,
         "mixture": fit,
         "components": fit.components,
-        "scores": scores,
-        "selected_on": selected_on,
+        # Of the data: the noise's log-likelihood plus the layers' log-determinant.
+        "scores": {k: score + ladj.mean().item() for k, score in scores.items()},
+        "selected_on": "valid" if valid is not None else "holdout",
     }

@@ -20,4 +20,11 @@ def flows(features, context=0):
         "maf_actnorm": lambda: MAF(features, context, transforms=2, actnorm=True, **small).eval(),
         "maf_lu": lambda: MAF(features, context, transforms=2, linear="lu", **small),
         "iaf_lu": lambda: IAF(features, context, transforms=2, linear="lu", **small),
+        # Data-initialisable: a full-covariance mixture base and per-column marginal maps.
+        "maf_gmm_marginals": lambda: MAF(
+            features, context, transforms=2, base="gmm", components=3, marginals=True, **small
+        ),
+        "iaf_gaussian_marginals": lambda: IAF(
+            features, context, transforms=2, base="gaussian", marginals=True, **small
+        ),
     }

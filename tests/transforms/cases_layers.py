@@ -7,6 +7,7 @@ initialised ActNorm: name -> factory(features) -> Case, in float64.
 import torch
 
 from arflows.flows.linear import LULinear
+from arflows.flows.marginal import MarginalSpline
 from arflows.flows.normalization import ActNorm, BatchNorm
 from arflows.transforms.linear import LULinearTransform
 from arflows.transforms.normalization import BatchNormTransform
@@ -42,6 +43,22 @@ def actnorm_initialized(d):
     return Case(lazy())
 
 
+def marginal_spline(d):
+    lazy = MarginalSpline(d, bins=6, bound=2.0).double()
+    with torch.no_grad():
+        for p in lazy.parameters():
+            p.copy_(_params(*p.shape))
+        lazy.loc.copy_(0.5 * _params(d))
+        lazy.scale.copy_(1 + _params(d).abs())
+    return Case(lazy())
+
+
+def marginal_spline_initialized(d):
+    lazy = MarginalSpline(d, bins=8).double()
+    lazy.initialize_(_params(500, d).exp())  # skewed columns
+    return Case(lazy())
+
+
 CASES = {
     f.__name__: f
     for f in [
@@ -50,5 +67,7 @@ CASES = {
         batch_norm_eval,
         batch_norm_module_eval,
         actnorm_initialized,
+        marginal_spline,
+        marginal_spline_initialized,
     ]
 }
