@@ -48,7 +48,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from . import transforms as _transforms
+import arflows.transforms as _transforms
+
 from ._version import __version__
 from .flows import Flow, flow_classes
 

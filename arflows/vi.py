@@ -51,8 +51,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .flows import Flow
-from .flows.lazy import FlowLogProb
+from .flows import Flow, FlowLogProb
 
 LogDensity = Callable[..., Tensor]
 _SCHEDULES = ("cosine", "constant")

@@ -25,6 +25,7 @@ __all__ = [
     "IAF",
     "MAF",
     "Flow",
+    "FlowLogProb",
     "LazyDistribution",
     "LazyInverse",
     "LazyTransform",
@@ -54,6 +55,7 @@ from .gmm import GaussianMixture, fit_gaussian_mixture, select_gaussian_mixture
 from .initialize import initialize_
 from .lazy import (
     Flow,
+    FlowLogProb,
     LazyDistribution,
     LazyInverse,
     LazyTransform,

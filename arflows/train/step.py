@@ -24,8 +24,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 from torch.nn.parallel import DistributedDataParallel
 
-from ..flows import BatchNorm, Flow
-from ..flows.lazy import FlowLogProb
+from ..flows import BatchNorm, Flow, FlowLogProb
 from .distributed import World
 from .rows import Rows
 
