@@ -221,7 +221,7 @@ def test_runtime_failures_exit_1(tmp_path, capsys, monkeypatch):
         raise FloatingPointError("the loss became nan at epoch 0, step 3")
 
     monkeypatch.setattr(arflows.cli.fit, "fit", diverge)
-    code, _, err = run(["fit", "--points", "50", "-o", tmp_path / "m"], capsys)
+    code, _, err = run(["fit", "--points", "400", "-o", tmp_path / "m"], capsys)
     assert code == 1 and one_line_error(err) and "epoch 0, step 3" in err
     assert not (tmp_path / "m").exists()  # nothing saved after a failed fit
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 __all__ = ["add_parser", "run"]
 
 import argparse
-import json
 import shlex
 import shutil
 import sys
@@ -16,12 +15,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .._version import __version__
-from ..data import ParquetStream, Table, load_dataset, read_table
+from ..data import ParquetStream, Table, check_rows, load_dataset, read_table
 from ..files import FileExists
 from ..flows import Flow, build, flow_classes, flow_options
 from ..io import is_model_dir, save
-from ..train import World, fit, init_from_env, shutdown
+from ..train import History, Sizing, World, fit, init_from_env, shutdown, training_options
+from ..train.sizing import model_warning
 from .common import (
     CHUNK,
     fingerprint,
@@ -37,9 +36,15 @@ from .parsing import (
     bound,
     force_argument,
     fraction,
+    nonnegative_float,
+    nonnegative_int,
     positive_float,
     positive_int,
 )
+from .report import write_report
+
+# The most mixture components the default gmm base tries (chosen on the validation rows).
+DEFAULT_COMPONENTS = 8
 
 _DESCRIPTION = (
     "Fits a normalizing flow by maximum likelihood to the rows of DATA (CSV with a header, "
@@ -108,9 +113,29 @@ def _flow_arguments(p: argparse.ArgumentParser) -> None:
         "--hidden",
         type=positive_int,
         nargs="+",
-        default=[64, 64],
         metavar="H",
-        help="hidden widths of each layer's network (64 64)",
+        help="hidden widths of each layer's network (default: by rows per column, 32 to 128)",
+    )
+    p.add_argument(
+        "--base",
+        choices=("gmm", "gaussian", "normal", "mog"),
+        help="the base distribution: gmm (default where the family takes one: a "
+        "full-covariance Gaussian mixture fitted by EM before training, its size chosen on "
+        "the validation rows), gaussian (one component), normal (N(0, I), no start fit), "
+        "mog (MADE mixture of Gaussians)",
+    )
+    p.add_argument(
+        "--components",
+        type=positive_int,
+        metavar="K",
+        help="the most mixture components of the gmm base (8), or of the mog base (10)",
+    )
+    p.add_argument(
+        "--marginals",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a monotone spline per column, first fitted to Gaussianise each column's "
+        "distribution (default: on with a gmm or gaussian base)",
     )
     p.add_argument(
         "--bins", type=positive_int, metavar="K", help="spline bins (nsf only; default 8)"
@@ -119,10 +144,16 @@ def _flow_arguments(p: argparse.ArgumentParser) -> None:
 
 def _training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--epochs", type=positive_int, default=100, metavar="N", help="maximum epochs (100)"
+        "--epochs",
+        type=positive_int,
+        metavar="N",
+        help="maximum epochs (default: about 4,000 optimiser steps' worth)",
     )
     p.add_argument(
-        "--batch-size", type=positive_int, default=256, metavar="N", help="mini-batch rows (256)"
+        "--batch-size",
+        type=positive_int,
+        metavar="N",
+        help="mini-batch rows (default: a tenth of the training rows, 16 to 256)",
     )
     p.add_argument(
         "--lr", type=positive_float, default=1e-3, metavar="LR", help="learning rate (1e-3)"
@@ -130,9 +161,20 @@ def _training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--patience",
         type=positive_int,
-        default=10,
         metavar="N",
-        help="epochs without progress (10)",
+        help="epochs without progress (default: about 400 optimiser steps' worth)",
+    )
+    p.add_argument(
+        "--weight-decay",
+        type=nonnegative_float,
+        metavar="W",
+        help="AdamW weight decay (default: 1e-2 to 1e-4, less with more rows per column)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=nonnegative_int,
+        metavar="STEPS",
+        help="optimiser steps of learning-rate warm-up (default: 100, at most a tenth)",
     )
     p.add_argument(
         "--schedule", choices=("cosine", "plateau", "none"), help="learning-rate schedule"
@@ -158,6 +200,13 @@ def _training_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--device", default="cpu", metavar="DEVICE", help="torch device, e.g. cuda (cpu)"
+    )
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        metavar="N",
+        help="CPU threads (default: 1 for batches under 256 rows, whose small products only "
+        "lose time to threading; else torch's default)",
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument(
@@ -219,6 +268,7 @@ class _Splits:
     test: object | None
     counts: dict[str, int]
     score: Callable[[Flow, object, int], float]
+    notes: list[str]
 
 
 def _load_data(args: argparse.Namespace) -> tuple[Table, str, str | None]:
@@ -238,6 +288,7 @@ def _in_memory(args: argparse.Namespace) -> _Splits:
     table, source, dataset = _load_data(args)
     x, c = table.x, table.c
     cols = list(table.integer_columns) if args.dequantize == "auto" else []
+    notes = table.notes + check_rows(x, table.columns, dequantized=cols)
     train, valid, test = split(len(x), args.valid_fraction, args.test_fraction, args.seed)
 
     def rows(idx: Tensor) -> tuple[Tensor, Tensor | None] | None:
@@ -249,7 +300,7 @@ def _in_memory(args: argparse.Namespace) -> _Splits:
     counts = {"train": len(train), "valid": len(valid), "test": len(test)}
     return _Splits(
         source, dataset, len(x), table.columns, table.context_columns, cols,
-        rows(train), rows(valid), rows(test), counts, score,
+        rows(train), rows(valid), rows(test), counts, score, notes,
     )  # fmt: skip
 
 
@@ -279,7 +330,7 @@ def _streamed(args: argparse.Namespace) -> _Splits:
     valid, test = (p if p.rows else None for p in parts[1:])
     return _Splits(
         f"{args.data} (streamed)", None, stream.rows, stream.columns, stream.context_columns,
-        cols, parts[0], valid, test, counts, score,
+        cols, parts[0], valid, test, counts, score, [],
     )  # fmt: skip
 
 
@@ -290,9 +341,11 @@ def _build_flow(args: argparse.Namespace, data: _Splits) -> Flow:
     if args.flow.lower() not in flow_classes():
         available = ", ".join(sorted(flow_classes()))
         raise ValueError(f"unknown --flow {args.flow!r}; available: {available}")
-    options: dict = dict(transforms=args.transforms, hidden_features=tuple(args.hidden))
+    hidden = args.hidden or _sizing(data).hidden_features
+    options: dict = dict(transforms=args.transforms, hidden_features=tuple(hidden))
     if args.bins is not None:
         options["bins"] = args.bins
+    options.update(_base_options(args, data))
     if args.bounds:
         options["support"] = _support(args.bounds, data)
     accepted = flow_options(args.flow)
@@ -303,6 +356,35 @@ def _build_flow(args: argparse.Namespace, data: _Splits) -> Flow:
             f"({'--bins is for spline flows' if 'bins' in missing else 'not a CLI flow'})"
         )
     return build(args.flow, len(data.columns), len(data.context_columns), **options)
+
+
+def _sizing(data: _Splits) -> Sizing:
+    return training_options(data.counts["train"], len(data.columns))
+
+
+def _base_options(args: argparse.Namespace, data: _Splits) -> dict:
+    """The base and marginal options: a fitted mixture start where the family takes one."""
+    accepted = flow_options(args.flow)
+    explicit = {
+        "base": args.base,
+        "components": args.components,
+        "marginals": args.marginals,
+    }
+    for name, value in explicit.items():
+        if value is not None and name not in accepted:
+            raise ValueError(f"--flow {args.flow} takes no --{name} option")
+    if "base" not in accepted:
+        return {}
+    base = args.base or "gmm"
+    options: dict = {"base": base}
+    if base == "gmm" or (base == "mog" and args.components is not None):
+        options["components"] = args.components or DEFAULT_COMPONENTS
+    marginals = args.marginals
+    if marginals is None:  # Gaussianised columns help the fitted Gaussian or mixture
+        marginals = base in ("gmm", "gaussian") and not args.stream and "marginals" in accepted
+    if marginals:
+        options["marginals"] = True
+    return options
 
 
 def _support(bounds: Sequence[tuple], data: _Splits) -> list[tuple | None]:
@@ -380,7 +462,7 @@ def _fit_in(world: World, device: torch.device, args: argparse.Namespace) -> int
     data = _streamed(args) if args.stream else _in_memory(args)
     torch.manual_seed(args.seed)
     flow = _build_flow(args, data).to(device)
-    _say_plan(say, data, flow)
+    _say_plan(say, args, data, flow)
     if world.active:
         say(f"processes: {world.size} (data-parallel, {device.type})")
     if args.resume:
@@ -389,12 +471,11 @@ def _fit_in(world: World, device: torch.device, args: argparse.Namespace) -> int
             if checkpoint.is_file()
             else f"no checkpoint at {checkpoint}: starting afresh"
         )
-    history = _train(args, flow, data, checkpoint)
+    history = _train(args, flow, data, checkpoint, device)
     if not world.main:
         return 0  # rank 0 scores and writes
-    stopped = getattr(history, "stopped_nonfinite", None)
-    if stopped:
-        print(f"warning: {stopped}", file=sys.stderr)
+    if history.stopped_nonfinite:
+        print(f"warning: {history.stopped_nonfinite}", file=sys.stderr)
     metadata = _fit_metadata(args, data, _split_scores(args, flow, data))
     # The model and its report are assembled beside MODEL_DIR and renamed into place
     # together, so MODEL_DIR is never half-written, even when the process is killed.
@@ -404,7 +485,7 @@ def _fit_in(world: World, device: torch.device, args: argparse.Namespace) -> int
         columns=data.columns,
         context_columns=data.context_columns or None,
         metadata=finite(metadata),
-        extras=lambda folder: _write_report(folder, metadata["command"], flow, history, metadata),
+        extras=lambda folder: write_report(folder, flow, history, metadata),
         overwrite=True,  # refused up front (_fit_target) unless --force or --resume
     )
     shutil.rmtree(checkpoint.parent, ignore_errors=True)
@@ -412,38 +493,74 @@ def _fit_in(world: World, device: torch.device, args: argparse.Namespace) -> int
     return 0
 
 
-def _say_plan(say: Callable[..., None], data: _Splits, flow: Flow) -> None:
+def _say_plan(
+    say: Callable[..., None], args: argparse.Namespace, data: _Splits, flow: Flow
+) -> None:
     cols = data.dequantize
     say(
         f"data: {data.source}, {data.rows} rows, columns {short(data.columns)}"
         + (f", context {short(data.context_columns)}" if data.context_columns else "")
         + (f", dequantized {len(cols)} integer column(s)" if cols else "")
     )
-    # Notes on the data (columns left out, index columns, ...) belong here, after its line.
+    for note in data.notes:  # columns left out, index columns, point masses, ...
+        say(f"note: {note}")
     say("split: " + ", ".join(f"{n} {name}" for name, n in data.counts.items()) + " rows")
     say(f"flow: {type(flow).__name__} {flow.config['arguments']}")
+    sized = training_options_for(args, data)
+    say(
+        f"training: batch {sized['batch_size']}, up to {sized['epochs']} epochs, patience "
+        f"{sized['patience']}, weight decay {sized['weight_decay']:g}"
+    )
+    parameters = sum(p.numel() for p in flow.parameters() if p.requires_grad)
+    warning = model_warning(parameters, data.counts["train"], len(data.columns))
+    if warning:
+        say(f"warning: {warning}", file=sys.stderr)
 
 
-def _train(args: argparse.Namespace, flow: Flow, data: _Splits, checkpoint: Path) -> object:
-    options: dict = {}
-    if data.dequantize:
-        options["dequantize"] = data.dequantize
-    if args.schedule is not None:
-        options["schedule"] = None if args.schedule == "none" else args.schedule
+def _train(
+    args: argparse.Namespace, flow: Flow, data: _Splits, checkpoint: Path, device: torch.device
+) -> History:
     if isinstance(data.train, tuple):
         x_train, c_train = data.train
         valid = data.valid if data.valid is None or data.valid[1] is not None else data.valid[0]
     else:
         x_train, c_train, valid = data.train, None, data.valid
+    sized = training_options_for(args, data)
+    threads = torch.get_num_threads()
+    if args.threads is not None or (sized["batch_size"] < 256 and device.type == "cpu"):
+        torch.set_num_threads(args.threads or 1)
+    try:
+        return _fit_sized(args, flow, data, checkpoint, sized, x_train, c_train, valid)
+    finally:
+        torch.set_num_threads(threads)  # main() may run in a user's process: leave it as found
+
+
+def _fit_sized(
+    args: argparse.Namespace,
+    flow: Flow,
+    data: _Splits,
+    checkpoint: Path,
+    sized: dict,
+    x_train: object,
+    c_train: Tensor | None,
+    valid: object,
+) -> History:
+    options: dict = {}
+    if data.dequantize:
+        options["dequantize"] = data.dequantize
+    if args.schedule is not None:
+        options["schedule"] = None if args.schedule == "none" else args.schedule
     return fit(
         flow,
         x_train,
         c_train,
         valid=valid,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
+        epochs=sized["epochs"],
+        batch_size=sized["batch_size"],
         lr=args.lr,
-        patience=args.patience,
+        patience=sized["patience"],
+        weight_decay=sized["weight_decay"],
+        warmup=sized["warmup"],
         seed=args.seed,
         progress=not args.no_progress,
         checkpoint=checkpoint,
@@ -451,6 +568,15 @@ def _train(args: argparse.Namespace, flow: Flow, data: _Splits, checkpoint: Path
         resume=args.resume,
         **options,
     )
+
+
+def training_options_for(args: argparse.Namespace, data: _Splits) -> dict:
+    """The training options: those given on the command line, the rest sized to the data."""
+    sized = _sizing(data).as_dict()
+    for name in ("epochs", "batch_size", "patience", "weight_decay", "warmup"):
+        if getattr(args, name) is not None:
+            sized[name] = getattr(args, name)
+    return sized
 
 
 def _split_scores(args: argparse.Namespace, flow: Flow, data: _Splits) -> dict:
@@ -476,6 +602,8 @@ def _fit_metadata(args: argparse.Namespace, data: _Splits, split_scores: dict) -
         "rows": data.counts,
         "seed": args.seed,
         "command": "arflows " + shlex.join(args.argv),
+        "notes": data.notes,
+        "training": training_options_for(args, data),
     }
     if args.data is not None:  # diagnose finds the held-out rows again from these
         metadata["data_file"] = str(args.data.resolve())
@@ -511,59 +639,3 @@ def _fit_target(args: argparse.Namespace) -> tuple[Path, Path]:
             "to start afresh"
         )
     return target, checkpoint
-
-
-# --- the report -----------------------------------------------------------------------------
-
-
-def _write_report(out: Path, command: str, flow: Flow, history: object, metadata: dict) -> None:
-    train = list(getattr(history, "train", []))
-    valid = list(getattr(history, "valid", []))
-    fields = ("best_epoch", "stopped_early", "stopped_nonfinite", "seconds", "lr")
-    report = {
-        "arflows_version": __version__,
-        "command": command,
-        "flow": flow.config,
-        **metadata,
-        "history": {"train": train, "valid": valid}
-        | {name: getattr(history, name) for name in fields if hasattr(history, name)},
-    }
-    (out / "report.json").write_text(json.dumps(finite(report), indent=2) + "\n")
-    best = getattr(history, "best_epoch", -1)
-    lines = _report_lines(command, flow, history, metadata, len(train), best)
-    try:
-        from ..plot import loss_figure, save_figure
-
-        save_figure(loss_figure(train, valid, best_epoch=best), out / "loss.png")
-        lines += ["![training curves](loss.png)", ""]
-    except ImportError as error:
-        print(f"warning: no loss.png: {error}", file=sys.stderr)
-    (out / "report.md").write_text("\n".join(lines))
-
-
-def _report_lines(
-    command: str, flow: Flow, history: object, metadata: dict, epochs: int, best: int
-) -> list[str]:
-    seconds = getattr(history, "seconds", None)
-    rows = metadata["rows"]
-    return [
-        "# arflows fit report",
-        "",
-        f"Command: `{command}` (arflows {__version__})",
-        "",
-        f"Data: {metadata['data']}",
-        "",
-        "| split | rows | average log-likelihood (nats per row) |",
-        "|---|---:|---:|",
-        *(
-            f"| {name} | {rows[name]} | {fmt(value)} |"
-            for name, value in metadata["scores"].items()
-        ),
-        "",
-        f"Flow: `{flow.config['flow']}` with `{json.dumps(flow.config['arguments'])}`",
-        "",
-        f"Training: {epochs} epochs, best epoch {best + 1}"
-        + (", stopped early" if getattr(history, "stopped_early", False) else "")
-        + (f", {seconds:.1f} s" if isinstance(seconds, float) else ""),
-        "",
-    ]

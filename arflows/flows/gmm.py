@@ -194,11 +194,15 @@ class GaussianMixture(LazyDistribution):
         self._allocate(components, features, torch.zeros(()))
 
     def _allocate(self, k: int, d: int, like: Tensor) -> None:
-        def zeros(*shape: int) -> nn.Parameter:
-            return nn.Parameter(like.new_zeros(shape))
-
-        self.logits, self.loc = zeros(k), zeros(k, d)
-        self.tril, self.log_diag = zeros(k, d, d), zeros(k, d)
+        shapes = {"logits": (k,), "loc": (k, d), "tril": (k, d, d), "log_diag": (k, d)}
+        for name, shape in shapes.items():
+            param = getattr(self, name, None)
+            if isinstance(param, nn.Parameter):
+                # The same Parameter objects, resized: an optimiser built before a load that
+                # changes K (resuming a fit) still holds them.
+                param.data = like.new_zeros(shape)
+            else:
+                setattr(self, name, nn.Parameter(like.new_zeros(shape)))
 
     @property
     def components(self) -> int:
