@@ -6,7 +6,9 @@ r"""Data: built-in datasets, tables and readers, Parquet streaming, dequantizati
 * :mod:`~arflows.data.parquet`: :class:`ParquetStream`, a Parquet file read in batches.
 * :mod:`~arflows.data.columns`: :class:`DataError` and the column checks the readers share,
   :func:`check_rows` (columns without a density).
-* :mod:`~arflows.data.dequantization`: :func:`dequantize`, :func:`discrete_log_prob`.
+* :mod:`~arflows.data.dequantization`: :func:`dequantize`, :func:`discrete_log_prob`, and
+  columns on a grid (ties): :func:`grid_step`, :func:`grid_columns`, :func:`grid_origins`,
+  :func:`floor_to_grid`, :func:`describe_ties`.
 * :mod:`~arflows.data.splits`: :func:`split_indices`, the one random split of rows.
 """
 
@@ -18,6 +20,7 @@ __all__ = [
     "Table",
     "check_rows",
     "checkerboard",
+    "describe_ties",
     "digits",
     "digits_splits",
     "dequantize",
@@ -25,6 +28,10 @@ __all__ = [
     "eight_gaussians",
     "figure1",
     "figure1_log_prob",
+    "floor_to_grid",
+    "grid_columns",
+    "grid_origins",
+    "grid_step",
     "integer_columns",
     "load_dataset",
     "moons",
@@ -52,7 +59,16 @@ from .datasets import (
     rings,
     spirals,
 )
-from .dequantization import dequantize, discrete_log_prob, integer_columns
+from .dequantization import (
+    dequantize,
+    describe_ties,
+    discrete_log_prob,
+    floor_to_grid,
+    grid_columns,
+    grid_origins,
+    grid_step,
+    integer_columns,
+)
 from .parquet import ParquetStream
 from .splits import split_indices
 from .tables import Table, read_table, write_table

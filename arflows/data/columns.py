@@ -10,7 +10,7 @@ from __future__ import annotations
 
 __all__ = ["DataError", "check_disjoint", "check_names", "check_rows"]
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -53,7 +53,7 @@ def check_rows(
     x: Tensor,
     columns: Sequence[str] | None = None,
     *,
-    dequantized: Sequence[int] = (),
+    dequantized: Sequence[int] | Mapping[int, float] = (),
     share: float = 0.5,
 ) -> list[str]:
     r"""Refuses data columns that have no density; notes columns that are mostly one value.
@@ -62,15 +62,17 @@ def check_rows(
     a point, so no log-density is finite, and a flow fitted to it narrows onto the value
     without end (the log-likelihood keeps growing while samples keep a spread). A column
     that takes one value in most rows (a point mass, e.g. zero-inflated data) can be fitted,
-    but only as a sharp peak, with large log-densities there. Dequantized columns get
-    :math:`U[0, 1)` noise first, so they hold no point mass: a constant one becomes uniform
-    on :math:`[v, v + 1)` and is only noted.
+    but only as a sharp peak, with large log-densities there; the note says so, and what to
+    do instead. Dequantized columns get :math:`h \cdot U[0, 1)` noise first (:math:`h`
+    their step, 1 for indices), so they hold no point mass: a constant one becomes uniform
+    on :math:`[v, v + h)` and is only noted.
 
     Args:
         x: The data, with shape :math:`(N, D)`.
         columns: The names of the :math:`D` columns, for the messages; ``None``: their
             indices.
-        dequantized: Indices of the columns that are dequantized before fitting.
+        dequantized: The columns that are dequantized before fitting: indices (step 1) or
+            ``{column: step}``.
         share: The fraction of the rows, at least one half, above which a single value is
             noted.
 
@@ -85,8 +87,11 @@ def check_rows(
         >>> x = torch.tensor([[0.0, 1.0], [0.0, 2.0], [0.0, 3.0], [1.5, 4.0]])
         >>> print(*check_rows(x, ["rain", "t"]))  # doctest: +NORMALIZE_WHITESPACE
         column 'rain' takes the value 0 in 75% of the rows (a point mass, e.g. zero-inflated
-        data): kept, but a density can only follow it with a sharp peak, so log-densities at
-        0 come out large
+        data): kept as is, but a density can only follow it with a sharp peak, so
+        log-densities at 0 come out large and the rest of the column is learned beside a
+        spike; if its values lie on a grid (e.g. whole numbers), dequantize it by the grid
+        step, otherwise consider a transform that spreads the point (e.g. adding noise of a
+        known width) or leaving the column out
         >>> check_rows(torch.tensor([[0.0, 1.0], [0.0, 2.0]]), ["rain", "t"])
         Traceback (most recent call last):
         ...
@@ -103,8 +108,13 @@ def check_rows(
     if n < 2:
         raise DataError(f"only {n} row{'' if n == 1 else 's'} of data: a density needs 2 or more")
     first = x[0].tolist()
+    steps = (
+        {j % d: float(h) for j, h in dequantized.items()}
+        if isinstance(dequantized, Mapping)
+        else dict.fromkeys((j % d for j in dequantized), 1.0)
+    )
     noised = torch.zeros(d, dtype=torch.bool)
-    noised[list(dequantized)] = True
+    noised[list(steps)] = True
     constant = (x == x[:1]).all(0).cpu()
     refused = (constant & ~noised).nonzero().flatten().tolist()
     why = (
@@ -127,8 +137,8 @@ def check_rows(
         )
     notes = [
         f"column {labels[j]} holds the value {first[j]:g} in every row: dequantized, it is "
-        f"uniform on [{first[j]:g}, {first[j] + 1:g}) and tells the model nothing; consider "
-        "leaving it out"
+        f"uniform on [{first[j]:g}, {first[j] + steps[j]:g}) and tells the model nothing; "
+        "consider leaving it out"
         for j in (constant & noised).nonzero().flatten().tolist()
     ]
     # A value held by more than half of the rows is the median, found quicker than the mode.
@@ -138,7 +148,10 @@ def check_rows(
         v = f"{common[j].item():g}"
         notes.append(
             f"column {labels[j]} takes the value {v} in {shares[j].item():.0%} of the rows (a "
-            "point mass, e.g. zero-inflated data): kept, but a density can only follow it with "
-            f"a sharp peak, so log-densities at {v} come out large"
+            "point mass, e.g. zero-inflated data): kept as is, but a density can only follow "
+            f"it with a sharp peak, so log-densities at {v} come out large and the rest of the "
+            "column is learned beside a spike; if its values lie on a grid (e.g. whole "
+            "numbers), dequantize it by the grid step, otherwise consider a transform that "
+            "spreads the point (e.g. adding noise of a known width) or leaving the column out"
         )
     return notes

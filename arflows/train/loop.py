@@ -20,7 +20,7 @@ import contextlib
 import copy
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -65,7 +65,7 @@ def fit(
     warmup: int = 0,
     standardize: bool = True,
     initialize: bool = True,
-    dequantize: Sequence[int] | None = None,
+    dequantize: Sequence[int] | Mapping[int, float] | None = None,
     seed: int | None = 0,
     progress: bool = True,
     callbacks: Sequence[Callback] = (),
@@ -144,8 +144,17 @@ def fit(
             ``standardize``). The starting point is then scored on the validation rows and
             kept unless an epoch beats it (``best_epoch`` -1), so the fit never ends below
             its start; see :attr:`History.start`. Other flows are unaffected.
-        dequantize: Column indices of integer-valued data to dequantise: training rows get
-            fresh :math:`U[0, 1)` noise every epoch, validation rows one fixed draw.
+        dequantize: The columns of discrete data to dequantise: indices of integer-valued
+            columns, which get :math:`U[0, 1)` noise, or ``{column: step}`` for columns on
+            a grid :math:`v_0 + h k` (:func:`arflows.data.grid_columns`), which get
+            :math:`h \, U[0, 1)`, so that each value :math:`v` fills its cell
+            :math:`[v, v + h)`. Training rows get fresh noise every epoch, validation rows
+            one fixed draw. The log-likelihoods of the history are then log-densities of
+            the dequantised (continuous) values, in expectation over the noise at most
+            :math:`\log P(v) - \sum_j \log h_j` with :math:`P(v)` the probability of the
+            cell (Jensen): they move by :math:`-\log h` with the step. The discrete
+            log-probabilities of the grid values, comparable with any discrete model, are
+            those of :func:`arflows.data.discrete_log_prob` with the same steps.
         seed: Seeds the split, the batch order and the dequantisation noise (``None``:
             drawn from torch's global generator). The same seed and initial weights give
             bit-identical weights on CPU.

@@ -27,7 +27,7 @@ import math
 import numbers
 import operator
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -130,7 +130,8 @@ class Prepared:
             rows hold their one fixed draw of noise.
         noise: Adds fresh noise to the dequantised columns of each training batch.
         held_noise: ``(columns, seed)`` of the noise of streamed validation rows, drawn the
-            same at every evaluation, or ``None``.
+            same at every evaluation, or ``None``; ``columns`` as :class:`Dequantizer`
+            takes them (indices, or ``{column: step}``).
         in_memory: Whether the rows are tensors (not streamed).
         names: The data columns' names, for messages (``None`` if unknown).
     """
@@ -138,7 +139,7 @@ class Prepared:
     train: Rows
     held: Rows | None
     noise: Dequantizer
-    held_noise: tuple[list[int], int] | None
+    held_noise: tuple[list[int] | dict[int, float], int] | None
     in_memory: bool
     names: Sequence[str] | None
 
@@ -148,7 +149,7 @@ def prepare(
     x: object,
     data: Rows,
     valid: object,
-    dequantize: Sequence[int] | None,
+    dequantize: Sequence[int] | Mapping[int, float] | None,
     generator: torch.Generator,
     world: World,
     batch_size: int,
@@ -165,7 +166,7 @@ def prepare(
     names = x.columns if isinstance(x, ParquetStream) else getattr(flow, "columns", None)
     if isinstance(train, TensorRows):
         constant = (train.x == train.x[:1]).all(0)
-        constant[columns] = False  # dequantisation noise spreads these
+        constant[list(columns)] = False  # dequantisation noise spreads these
         _refuse_constant(constant, train.x[0], train.rows, names)
     held_noise = None
     if held is not None and columns:
@@ -234,10 +235,14 @@ def make_scheduler(
     return None
 
 
-def _columns(dequantize: Sequence[int] | None, features: int) -> list[int]:
-    """The distinct non-negative column indices to dequantise."""
+def _columns(
+    dequantize: Sequence[int] | Mapping[int, float] | None, features: int
+) -> list[int] | dict[int, float]:
+    """The distinct non-negative column indices to dequantise, or ``{column: step}``."""
     if dequantize is None:
         return []
+    if isinstance(dequantize, Mapping):
+        return _steps(dequantize, features)
     if isinstance(dequantize, str | bytes) or not hasattr(dequantize, "__iter__"):
         raise TypeError(f"expected `dequantize` to be column indices, got {dequantize!r}")
     columns = set()
@@ -254,11 +259,32 @@ def _columns(dequantize: Sequence[int] | None, features: int) -> list[int]:
     return sorted(columns)
 
 
-class Dequantizer:
-    """Adds fresh :math:`U[0, 1)` noise to ``columns`` on each call (nothing without columns)."""
+def _steps(dequantize: Mapping[int, float], features: int) -> dict[int, float]:
+    """``{column: step}`` with non-negative columns, refused unless steps are finite > 0."""
+    columns = _columns(list(dequantize), features)
+    if len(columns) != len(dequantize):
+        raise ValueError(f"expected distinct columns in `dequantize`, got {list(dequantize)}")
+    steps = {}
+    for i, step in zip(dequantize, dequantize.values(), strict=True):
+        if isinstance(step, bool) or not isinstance(step, numbers.Real) or not 0 < step < math.inf:
+            raise ValueError(
+                f"expected finite grid steps > 0 in `dequantize`, got {step!r} for column {i}"
+            )
+        steps[operator.index(i) % features] = float(step)
+    return dict(sorted(steps.items()))
 
-    def __init__(self, columns: list[int], device: torch.device, seed: int):
-        self.columns = columns
+
+class Dequantizer:
+    r"""Adds fresh noise to ``columns`` on each call (nothing without columns).
+
+    Column indices get :math:`U[0, 1)` noise (integers); ``{column: step}`` gets
+    :math:`h \, U[0, 1)` for step :math:`h` (a grid :math:`v_0 + h k`), so that each value
+    :math:`v` fills its cell :math:`[v, v + h)`.
+    """
+
+    def __init__(self, columns: list[int] | Mapping[int, float], device: torch.device, seed: int):
+        self.columns = sorted(columns) if isinstance(columns, Mapping) else columns
+        self.steps = dict(columns) if isinstance(columns, Mapping) else None
         # The noise is drawn where the data live.
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed % 2**63)
@@ -267,7 +293,7 @@ class Dequantizer:
         """``x`` with noise added to the columns (``x`` itself without columns)."""
         if not self.columns:
             return x
-        return uniform_dequantize(x, self.columns, generator=self.generator)
+        return uniform_dequantize(x, self.columns, self.steps, generator=self.generator)
 
 
 def _held_out(
