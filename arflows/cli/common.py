@@ -9,6 +9,7 @@ __all__ = [
     "finite",
     "fmt",
     "fractions",
+    "grid",
     "model_metadata",
     "names",
     "output_path",
@@ -23,7 +24,7 @@ __all__ = [
 import argparse
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -46,6 +47,14 @@ def names(given: Sequence[str] | None, prefix: str, n: int) -> list[str]:
 def dims(flow: Flow) -> tuple[int, int]:
     """The model's numbers of data and context columns."""
     return flow.features, flow.context
+
+
+def grid(metadata: dict) -> tuple[dict[int, float], dict[int, float]]:
+    """The dequantized columns' grid steps and origins (older models: steps 1, origins 0)."""
+    columns = metadata.get("dequantized_columns", [])
+    steps = {int(j): float(h) for j, h in (metadata.get("grid_steps") or {}).items()}
+    origins = {int(j): float(v) for j, v in (metadata.get("grid_origins") or {}).items()}
+    return {j: steps.get(j, 1.0) for j in columns}, {j: origins.get(j, 0.0) for j in columns}
 
 
 def model_metadata(flow: Flow) -> dict:
@@ -88,17 +97,24 @@ def read_for_model(path: Path, flow: Flow, model_dir: Path) -> Table:
 
 
 def scores(
-    flow: Flow, x: Tensor, c: Tensor | None, columns: Sequence[int], *, draws: int, seed: int
+    flow: Flow,
+    x: Tensor,
+    c: Tensor | None,
+    columns: Mapping[int, float] | Sequence[int],
+    *,
+    draws: int,
+    seed: int,
 ) -> Tensor:
-    """The log-density of each row, on the CPU; integer ``columns`` get ``draws`` noise draws."""
+    """The log-density of each row, on the CPU; grid ``columns`` get ``draws`` noise draws."""
     flow.cpu().eval()
     if not columns:
         return log_prob(flow, x, c)
     generator = torch.Generator().manual_seed(seed)
+    steps = dict(columns) if isinstance(columns, Mapping) else dict.fromkeys(columns, 1.0)
 
     def discrete(dist: torch.distributions.Distribution, xb: Tensor) -> Tensor:
-        # One draw is the density at k + u; more estimate log P(k) (see discrete_log_prob).
-        return discrete_log_prob(dist, xb, list(columns), samples=draws, generator=generator)
+        # One draw is the density at k + h u; more estimate log P(cell) (discrete_log_prob).
+        return discrete_log_prob(dist, xb, steps=steps, samples=draws, generator=generator)
 
     return log_prob(flow, x, c, score=discrete)
 

@@ -15,11 +15,30 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..data import ParquetStream, Table, check_rows, load_dataset, read_table
+from ..data import (
+    ParquetStream,
+    Table,
+    check_rows,
+    describe_ties,
+    grid_columns,
+    grid_origins,
+    load_dataset,
+    read_table,
+)
 from ..files import FileExists
 from ..flows import Flow, build, flow_classes, flow_options
 from ..io import is_model_dir, save
-from ..train import History, Sizing, World, fit, init_from_env, shutdown, training_options
+from ..train import (
+    CANDIDATES,
+    History,
+    Sizing,
+    World,
+    fit,
+    fit_auto,
+    init_from_env,
+    shutdown,
+    training_options,
+)
 from ..train.sizing import model_warning
 from .common import (
     CHUNK,
@@ -41,7 +60,7 @@ from .parsing import (
     positive_float,
     positive_int,
 )
-from .report import write_report
+from .report import candidate_line, write_candidates, write_report
 
 # The most mixture components the default gmm base tries (chosen on the validation rows).
 DEFAULT_COMPONENTS = 8
@@ -202,6 +221,19 @@ def _training_arguments(p: argparse.ArgumentParser) -> None:
         "--device", default="cpu", metavar="DEVICE", help="torch device, e.g. cuda (cpu)"
     )
     p.add_argument(
+        "--auto",
+        action="store_true",
+        help="try several flow families and sizes within --budget seconds, keep the best on "
+        "the validation rows; prints the candidates and writes MODEL_DIR/candidates.csv",
+    )
+    p.add_argument(
+        "--budget",
+        type=positive_float,
+        default=300.0,
+        metavar="SECONDS",
+        help="the time for all --auto candidates together (300)",
+    )
+    p.add_argument(
         "--threads",
         type=positive_int,
         metavar="N",
@@ -262,13 +294,14 @@ class _Splits:
     rows: int
     columns: list[str]
     context_columns: list[str]
-    dequantize: list[int]
+    dequantize: dict[int, float] | list[int]  # {column: grid step}, or integer columns
     train: object  # (x, c) tensors, or a ParquetStream part
     valid: object | None
     test: object | None
     counts: dict[str, int]
     score: Callable[[Flow, object, int], float]
     notes: list[str]
+    origins: dict[int, float]
 
 
 def _load_data(args: argparse.Namespace) -> tuple[Table, str, str | None]:
@@ -287,8 +320,13 @@ def _load_data(args: argparse.Namespace) -> tuple[Table, str, str | None]:
 def _in_memory(args: argparse.Namespace) -> _Splits:
     table, source, dataset = _load_data(args)
     x, c = table.x, table.c
-    cols = list(table.integer_columns) if args.dequantize == "auto" else []
-    notes = table.notes + check_rows(x, table.columns, dequantized=cols)
+    # Integer columns and other columns on a grid (multiples of 1000, of 0.5, ...) get noise
+    # of their grid's step, so their cells are spread over, not spikes.
+    cols = grid_columns(x) if args.dequantize == "auto" else {}
+    ties = describe_ties(x, table.columns, dequantized=cols)
+    notes = table.notes + check_rows(x, table.columns, dequantized=list(cols))
+    notes += [f"column {t['column']!r}: {t['action']}" for t in ties]
+    origins = grid_origins(x, cols)
     train, valid, test = split(len(x), args.valid_fraction, args.test_fraction, args.seed)
 
     def rows(idx: Tensor) -> tuple[Tensor, Tensor | None] | None:
@@ -300,7 +338,7 @@ def _in_memory(args: argparse.Namespace) -> _Splits:
     counts = {"train": len(train), "valid": len(valid), "test": len(test)}
     return _Splits(
         source, dataset, len(x), table.columns, table.context_columns, cols,
-        rows(train), rows(valid), rows(test), counts, score, notes,
+        rows(train), rows(valid), rows(test), counts, score, notes, origins,
     )  # fmt: skip
 
 
@@ -330,7 +368,7 @@ def _streamed(args: argparse.Namespace) -> _Splits:
     valid, test = (p if p.rows else None for p in parts[1:])
     return _Splits(
         f"{args.data} (streamed)", None, stream.rows, stream.columns, stream.context_columns,
-        cols, parts[0], valid, test, counts, score, [],
+        cols, parts[0], valid, test, counts, score, [], {},
     )  # fmt: skip
 
 
@@ -460,6 +498,8 @@ def _fit_in(world: World, device: torch.device, args: argparse.Namespace) -> int
     say = print if world.main else _quiet
     target, checkpoint = _fit_target(args)  # before any work: refuse to replace a model
     data = _streamed(args) if args.stream else _in_memory(args)
+    if args.auto:
+        return _fit_auto(args, data, target)
     torch.manual_seed(args.seed)
     flow = _build_flow(args, data).to(device)
     _say_plan(say, args, data, flow)
@@ -476,7 +516,29 @@ def _fit_in(world: World, device: torch.device, args: argparse.Namespace) -> int
         return 0  # rank 0 scores and writes
     if history.stopped_nonfinite:
         print(f"warning: {history.stopped_nonfinite}", file=sys.stderr)
+    _save(args, data, flow, history, target)
+    shutil.rmtree(checkpoint.parent, ignore_errors=True)
+    return 0
+
+
+def _save(
+    args: argparse.Namespace,
+    data: _Splits,
+    flow: Flow,
+    history: History,
+    target: Path,
+    candidates: list[dict] | None = None,
+) -> None:
+    """Scores the splits, then writes the model directory with its report, in one rename."""
     metadata = _fit_metadata(args, data, _split_scores(args, flow, data))
+    if candidates is not None:
+        metadata["candidates"] = candidates
+
+    def extras(folder: Path) -> None:
+        write_report(folder, flow, history, metadata)
+        if candidates is not None:
+            write_candidates(folder / "candidates.csv", candidates)
+
     # The model and its report are assembled beside MODEL_DIR and renamed into place
     # together, so MODEL_DIR is never half-written, even when the process is killed.
     save(
@@ -485,16 +547,40 @@ def _fit_in(world: World, device: torch.device, args: argparse.Namespace) -> int
         columns=data.columns,
         context_columns=data.context_columns or None,
         metadata=finite(metadata),
-        extras=lambda folder: write_report(folder, flow, history, metadata),
+        extras=extras,
         overwrite=True,  # refused up front (_fit_target) unless --force or --resume
     )
-    shutil.rmtree(checkpoint.parent, ignore_errors=True)
     print(f"model: {target}")
+
+
+def _fit_auto(args: argparse.Namespace, data: _Splits, target: Path) -> int:
+    """``--auto``: the candidates within the budget, the best on validation saved."""
+    if args.stream or args.resume or not isinstance(data.train, tuple) or data.valid is None:
+        raise ValueError(
+            "--auto needs rows in memory and validation rows: drop --stream and --resume, "
+            "and keep --valid-fraction above 0"
+        )
+    _say_plan(print, args, data, None)
+    print(f"auto: {len(CANDIDATES)} candidates within {args.budget:g} s, chosen on validation")
+    x, c = data.train
+    support = _support(args.bounds, data) if args.bounds else None
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads or 1)
+    try:
+        flow, history, table = fit_auto(
+            x, c, valid=data.valid, budget=args.budget, seed=args.seed,
+            dequantize=data.dequantize or None, support=support,
+            progress=not args.no_progress, report=lambda row: print(candidate_line(row)),
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    print(f"selected: {next(row['candidate'] for row in table if row['selected'])}")
+    _save(args, data, flow, history, target, candidates=table)
     return 0
 
 
 def _say_plan(
-    say: Callable[..., None], args: argparse.Namespace, data: _Splits, flow: Flow
+    say: Callable[..., None], args: argparse.Namespace, data: _Splits, flow: Flow | None
 ) -> None:
     cols = data.dequantize
     say(
@@ -505,6 +591,8 @@ def _say_plan(
     for note in data.notes:  # columns left out, index columns, point masses, ...
         say(f"note: {note}")
     say("split: " + ", ".join(f"{n} {name}" for name, n in data.counts.items()) + " rows")
+    if flow is None:
+        return
     say(f"flow: {type(flow).__name__} {flow.config['arguments']}")
     sized = training_options_for(args, data)
     say(
@@ -597,7 +685,9 @@ def _fit_metadata(args: argparse.Namespace, data: _Splits, split_scores: dict) -
     metadata = {
         "data": data.source,
         "dataset": data.dataset,
-        "dequantized_columns": data.dequantize,
+        "dequantized_columns": sorted(data.dequantize),
+        "grid_steps": {str(j): h for j, h in _steps(data).items()},
+        "grid_origins": {str(j): v for j, v in data.origins.items()},
         "scores": split_scores,
         "rows": data.counts,
         "seed": args.seed,
@@ -615,6 +705,11 @@ def _fit_metadata(args: argparse.Namespace, data: _Splits, split_scores: dict) -
             "stream": bool(args.stream),
         }
     return metadata
+
+
+def _steps(data: _Splits) -> dict[int, float]:
+    cols = data.dequantize
+    return dict(cols) if isinstance(cols, dict) else dict.fromkeys(cols, 1.0)
 
 
 def _fit_target(args: argparse.Namespace) -> tuple[Path, Path]:

@@ -6,13 +6,20 @@ __all__ = ["add_parsers", "diagnose", "sample", "score"]
 
 import argparse
 import json
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from ..data import DataError, ParquetStream, Table, dequantize, load_dataset, read_table
+from ..data import (
+    DataError,
+    ParquetStream,
+    Table,
+    dequantize,
+    floor_to_grid,
+    load_dataset,
+    read_table,
+)
 from ..diagnostics import gaussianize, gaussianized_figure, joint_normality, normality, qq_figure
 from ..files import atomic_path, check_new
 from ..flows import Flow
@@ -23,6 +30,7 @@ from .common import (
     fingerprint,
     finite,
     fractions,
+    grid,
     model_metadata,
     names,
     output_path,
@@ -149,10 +157,10 @@ def sample(args: argparse.Namespace) -> int:
         else:
             values = _conditional_samples(args, flow, context_columns)
             header = context_columns + columns
-    cols = model_metadata(flow).get("dequantized_columns", [])
-    if cols and not args.continuous:
+    steps, origins = grid(model_metadata(flow))
+    if steps and not args.continuous:
         shift = len(header) - features
-        values[:, [shift + j for j in cols]] = values[:, [shift + j for j in cols]].floor()
+        values[:, shift:] = floor_to_grid(values[:, shift:], steps, origins)
     write(output, values, header)
     if output is not None:
         print(f"wrote {len(values)} samples to {output}", file=summary_stream(output))
@@ -212,8 +220,8 @@ def score(args: argparse.Namespace) -> int:
     output = output_path(args)
     flow = load(args.model)
     table = read_for_model(args.data, flow, args.model)
-    cols = model_metadata(flow).get("dequantized_columns", [])
-    result = scores(flow, table.x, table.c, cols, draws=args.draws, seed=args.seed)
+    steps, _ = grid(model_metadata(flow))
+    result = scores(flow, table.x, table.c, steps, draws=args.draws, seed=args.seed)
     write(output, result[:, None], ["log_prob"])
     summary = f"scored {len(result)} rows: average log-likelihood {result.mean().item():.4f} nats"
     print(summary + (f", written to {output}" if output else ""), file=summary_stream(output))
@@ -234,7 +242,7 @@ def diagnose(args: argparse.Namespace) -> int:
     paths = [check_new(out / name, force=args.force) for name in files]
     table, rows = _diagnose_rows(args, flow, metadata)
     columns = names(flow.columns, "x", features)
-    x = _dequantized(table.x, metadata.get("dequantized_columns", []), args.seed)
+    x = _dequantized(table.x, grid(metadata)[0], args.seed)
     z = gaussianize(flow, x, table.c)
     result = normality(z, columns)
     joint = joint_normality(z)
@@ -256,11 +264,11 @@ def diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dequantized(x: Tensor, columns: Sequence[int], seed: int) -> Tensor:
+def _dequantized(x: Tensor, steps: dict[int, float], seed: int) -> Tensor:
     # A fixed draw of the uniform noise the model was trained with, so results are repeatable.
-    if not columns:
+    if not steps:
         return x
-    return dequantize(x, list(columns), generator=torch.Generator().manual_seed(seed))
+    return dequantize(x, steps=steps, generator=torch.Generator().manual_seed(seed))
 
 
 def _diagnose_rows(args: argparse.Namespace, flow: Flow, metadata: dict) -> tuple[Table, str]:

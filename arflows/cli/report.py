@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["write_report"]
+__all__ = ["candidate_line", "write_candidates", "write_report"]
 
 import json
 import sys
@@ -80,6 +80,36 @@ def _lines(flow: Flow, history: History, metadata: dict) -> list[str]:
             + (f"; validation {fmt(valid)}" if valid is not None else ""),
             "",
         ]
+    if metadata.get("candidates"):
+        lines += [
+            "## Candidates (--auto)",
+            "",
+            "| candidate | flow | valid | epochs | seconds | kept | selected |",
+            "|---|---|---:|---:|---:|---|---|",
+            *(
+                f"| {r['candidate']} | {r['flow']} | {fmt(r['valid'])} | {r['epochs']} | "
+                f"{r['seconds']:.1f} | {r['kept']} | {'yes' if r['selected'] else ''} |"
+                for r in metadata["candidates"]
+            ),
+            "",
+        ]
     if metadata.get("notes"):
         lines += ["## Notes on the data", "", *(f"- {note}" for note in metadata["notes"]), ""]
     return lines
+
+
+def candidate_line(row: dict) -> str:
+    """One line of the ``--auto`` candidates table, as printed while fitting."""
+    return (
+        f"  {row['candidate']:<10} {row['flow']:<4} valid {fmt(row['valid'])}  "
+        f"{row['epochs']} epochs, {row['seconds']:.1f} s, kept {row['kept']}"
+    )
+
+
+def write_candidates(path: Path, table: list[dict]) -> None:
+    """Writes the ``--auto`` candidates table as CSV."""
+    import pandas
+
+    frame = pandas.DataFrame(table)
+    frame["options"] = [json.dumps(o) for o in frame["options"]]
+    frame.to_csv(path, index=False)

@@ -10,17 +10,21 @@ r"""Maximum-likelihood training: :func:`fit`, its rows, steps, checkpoints and p
 * :mod:`~arflows.train.distributed`: the process group as a fit sees it (torchrun).
 * :mod:`~arflows.train.history`: :class:`History`, what a fit did.
 * :mod:`~arflows.train.start`: the data-dependent start (the classical fit the flow starts at).
+* :mod:`~arflows.train.auto`: model selection within a time budget (``arflows fit --auto``).
 * :mod:`~arflows.train.sizing`: training options sized to a table (the command line's
   defaults).
 """
 
 __all__ = [
+    "CANDIDATES",
+    "Candidate",
     "CheckpointError",
     "History",
     "Sizing",
     "World",
     "current_world",
     "fit",
+    "fit_auto",
     "init_from_env",
     "read_checkpoint",
     "shutdown",
@@ -28,6 +32,7 @@ __all__ = [
     "write_checkpoint",
 ]
 
+from .auto import CANDIDATES, Candidate, fit_auto
 from .checkpoint import CheckpointError, read_checkpoint, write_checkpoint
 from .distributed import World, current_world, init_from_env, shutdown
 from .history import History

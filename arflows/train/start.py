@@ -14,6 +14,7 @@ from __future__ import annotations
 __all__ = ["data_initialized", "start_from_data"]
 
 import copy
+import math
 
 import torch
 
@@ -54,21 +55,33 @@ def start_from_data(
     train, held = rows.train, rows.held
     x = rows.noise(train.x)  # dequantised like a training batch
     valid = held if isinstance(held, TensorRows) else None
-    summary = initialize_(
-        flow,
-        x,
-        train.c,
-        valid=None if valid is None else valid.x,
-        valid_c=None if valid is None else valid.c,
-        seed=seed,
-    )
-    summary.pop("mixture", None)  # the fitted parameters now live in the flow
-    history.start = {k: v for k, v in summary.items() if k != "scores"} | {
-        "scores": {str(k): v for k, v in summary.get("scores", {}).items()}
+    has_marginals = any(isinstance(m, MarginalSpline) for m in flow.modules())
+    built = copy.deepcopy(flow.state_dict())
+    best: Best | None = None
+    # With validation rows, the marginal maps must earn their place: on few rows they can
+    # fit the noise of each column, and the mixture alone may then be the better start.
+    for marginals in (True, False) if has_marginals and held is not None else (True,):
+        flow.load_state_dict(built)
+        summary = initialize_(
+            flow,
+            x,
+            train.c,
+            valid=None if valid is None else valid.x,
+            valid_c=None if valid is None else valid.c,
+            marginals=marginals,
+            seed=seed,
+        )
+        score = -math.inf
+        if held is not None:
+            with torch.no_grad():
+                score = average_log_prob(flow, held, world, rows.held_noise)
+        if best is None or score > best.score:
+            best = Best(copy.deepcopy(flow.state_dict()), score)
+            kept = summary
+    flow.load_state_dict(best.state)
+    kept.pop("mixture", None)  # the fitted parameters now live in the flow
+    history.start = {k: v for k, v in kept.items() if k != "scores"} | {
+        "scores": {str(k): v for k, v in kept.get("scores", {}).items()}
     }
-    if held is None:
-        return Best(copy.deepcopy(flow.state_dict()))
-    with torch.no_grad():
-        score = average_log_prob(flow, held, world, rows.held_noise)
-    history.start_valid = score
-    return Best(copy.deepcopy(flow.state_dict()), score)
+    history.start_valid = None if held is None else best.score
+    return best
