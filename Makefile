@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/arflows demo
+	$(VENV)/bin/arflows demo --force   # demo-output/ is the demo's own folder
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

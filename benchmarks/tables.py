@@ -741,6 +741,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch and BLAS threads (1)")
     p.add_argument("--no-timing", action="store_true", help="skip the 10,000 x 20 fit")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    p.add_argument(
+        "--budget", type=float, default=30.0, help="seconds of each `arflows fit --auto` (30)"
+    )
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        metavar="JSON",
+        help="no fitting: summarise the runs of these result files together (parts of one "
+        "benchmark run in separate processes, e.g. one per core, with --tables)",
+    )
+    p.add_argument("--name", default="tables-cpu", help="the results' file stem (tables-cpu)")
     args = p.parse_args(argv)
     if args.quick:
         args.seeds = min(args.seeds, 2)
@@ -809,7 +821,11 @@ def main(argv: list[str] | None = None) -> int:
 
     meta = metadata(args)
     notes: list[str] = []
+    MODELS["arflows-auto"] = ["--auto", "--budget", f"{args.budget:g}"]
+    meta["auto budget seconds"] = args.budget
     tables = discover_tables(notes)
+    if args.merge:
+        return merge(args, meta, tables, say)
     if args.tables:
         unknown = set(args.tables) - {t.name for t in tables}
         if unknown:
@@ -872,9 +888,41 @@ def main(argv: list[str] | None = None) -> int:
     meta["load average at end"] = [round(v, 2) for v in os.getloadavg()]
     meta["elapsed seconds"] = round(time.perf_counter() - start, 1)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"tables-cpu{'-quick' if args.quick else ''}"
+    stem = args.out / f"{args.name}{'-quick' if args.quick else ''}"
     plot(summary, stem.with_suffix(".png"))
     report = markdown(meta, tables, summary, checks, list(runners), notes, stem.name + ".png")
+    stem.with_suffix(".md").write_text(report)
+    payload = {
+        "meta": meta,
+        "tables": [t.describe() for t in tables],
+        "summary": summary,
+        "targets": [{"target": text, "verdict": v} for text, v in checks],
+        "timing": timing,
+        "notes": notes,
+        "runs": runs,
+    }
+    stem.with_suffix(".json").write_text(json.dumps(_clean(payload), indent=2) + "\n")
+    print(report)
+    say(f"wrote {stem}.md, .json and .png")
+    return 0
+
+
+def merge(args: argparse.Namespace, meta: dict, tables: list, say: Callable) -> int:
+    """Summarises the runs of several result files (parts of one run) as one result."""
+    parts = [json.loads(path.read_text()) for path in args.merge]
+    runs = [run for part in parts for run in part["runs"]]
+    names = {run["table"] for run in runs}
+    tables = [t for t in tables if t.name in names]
+    models = list(dict.fromkeys(run["model"] for run in runs))
+    timing = next((part["timing"] for part in parts if part.get("timing")), None)
+    notes = [note for part in parts for note in part["notes"]]
+    meta["parts"] = [part["meta"] for part in parts]
+    summary = summarise(tables, runs, models)
+    checks = targets(summary, timing, "arflows-auto" in models)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / args.name
+    plot(summary, stem.with_suffix(".png"))
+    report = markdown(meta, tables, summary, checks, models, notes, stem.name + ".png")
     stem.with_suffix(".md").write_text(report)
     payload = {
         "meta": meta,

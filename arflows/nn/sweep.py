@@ -62,7 +62,7 @@ def made_sweep(
     tensors are the per-degree blocks themselves (no prefix copies, no in-place writes to
     saved tensors), so reparameterised samples get exact gradients with respect to ``y``,
     ``c`` and the parameters, at :math:`O(N \sum_k H_k)` memory like a forward pass. Both
-    paths give the same values to the bit.
+    paths give the same values (to the bit on one machine: the same products).
 
     Args:
         made: The conditioner.
@@ -75,8 +75,8 @@ def made_sweep(
         c: The context, with shape :math:`(*, C)`, broadcast against ``y``'s batch shape.
         chunk_size: The most rows swept at once; larger batches are cut into equal chunks so
             that the activations held stay bounded (without gradients; with gradients every
-            chunk's graph is kept for the backward pass). Chunks of two rows or more give the
-            same values to the bit.
+            chunk's graph is kept for the backward pass). Chunks agree with the whole batch to
+            rounding (BLAS may pick other kernels for other shapes).
         group: The number of consecutive degrees :math:`G` whose units get the contribution of
             everything already known in one product per layer, before the per-degree steps
             add the rest (a blocked triangular solve). This reads each layer's activations
