@@ -887,22 +887,8 @@ def main(argv: list[str] | None = None) -> int:
     checks = targets(summary, timing, auto)
     meta["load average at end"] = [round(v, 2) for v in os.getloadavg()]
     meta["elapsed seconds"] = round(time.perf_counter() - start, 1)
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"{args.name}{'-quick' if args.quick else ''}"
-    plot(summary, stem.with_suffix(".png"))
-    report = markdown(meta, tables, summary, checks, list(runners), notes, stem.name + ".png")
-    stem.with_suffix(".md").write_text(report)
-    payload = {
-        "meta": meta,
-        "tables": [t.describe() for t in tables],
-        "summary": summary,
-        "targets": [{"target": text, "verdict": v} for text, v in checks],
-        "timing": timing,
-        "notes": notes,
-        "runs": runs,
-    }
-    stem.with_suffix(".json").write_text(json.dumps(_clean(payload), indent=2) + "\n")
-    print(report)
+    write_results(stem, meta, tables, summary, checks, list(runners), notes, timing, runs)
     say(f"wrote {stem}.md, .json and .png")
     return 0
 
@@ -919,8 +905,15 @@ def merge(args: argparse.Namespace, meta: dict, tables: list, say: Callable) -> 
     meta["parts"] = [part["meta"] for part in parts]
     summary = summarise(tables, runs, models)
     checks = targets(summary, timing, "arflows-auto" in models)
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / args.name
+    write_results(stem, meta, tables, summary, checks, models, notes, timing, runs)
+    say(f"wrote {stem}.md, .json and .png")
+    return 0
+
+
+def write_results(stem, meta, tables, summary, checks, models, notes, timing, runs) -> None:
+    """Writes STEM.md, .json and .png and prints the report."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
     plot(summary, stem.with_suffix(".png"))
     report = markdown(meta, tables, summary, checks, models, notes, stem.name + ".png")
     stem.with_suffix(".md").write_text(report)
@@ -935,8 +928,6 @@ def merge(args: argparse.Namespace, meta: dict, tables: list, say: Callable) -> 
     }
     stem.with_suffix(".json").write_text(json.dumps(_clean(payload), indent=2) + "\n")
     print(report)
-    say(f"wrote {stem}.md, .json and .png")
-    return 0
 
 
 if __name__ == "__main__":
