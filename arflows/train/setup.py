@@ -163,7 +163,7 @@ def prepare(
     in_memory = isinstance(data, TensorRows)
     noise = Dequantizer(columns, device if in_memory else torch.device("cpu"), noise_seed + rank)
     train, held = _held_out(valid, data, generator, dtype, device, batch_size)
-    names = x.columns if isinstance(x, ParquetStream) else getattr(flow, "columns", None)
+    names = x.columns if isinstance(x, ParquetStream) else flow.columns
     if isinstance(train, TensorRows):
         constant = (train.x == train.x[:1]).all(0)
         constant[list(columns)] = False  # dequantisation noise spreads these
@@ -344,16 +344,11 @@ def _held_out(
 
 def _check_columns(flow: Flow, rows: Rows, name: str) -> None:
     """Refuses rows whose column counts differ from those the flow was built for."""
-    arguments = flow.config["arguments"]
     for what, count, expected in (
-        ("data", rows.features, arguments.get("features")),
-        ("context", rows.context, arguments.get("context", 0)),
+        ("data", rows.features, flow.features),
+        ("context", rows.context, flow.context),
     ):
-        if (
-            isinstance(expected, int)
-            and count != expected
-            and not (what == "context" and flow.embedding is not None)
-        ):
+        if count != expected and not (what == "context" and flow.embedding is not None):
             argument = "features" if what == "data" else "context"
             raise ValueError(
                 f"expected rows with {expected} {what} columns for `{name}` (the flow's "

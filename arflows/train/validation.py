@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..flows import Flow
+from ..flows import Flow, log_prob
 from .distributed import World
 from .history import History
 from .rows import Rows
@@ -39,7 +39,8 @@ def average_log_prob(
     noisy = None if noise is None else Dequantizer(noise[0], torch.device("cpu"), noise[1])
     total = torch.zeros(2, dtype=torch.float64)
     for x, c in rows.batches(batch_size, world, noise=noisy):
-        lp = flow(None if c is None else c.to(device)).log_prob(x.to(device))
+        # One chunk per batch; x on the flow's device keeps the scores there for the sum.
+        lp = log_prob(flow, x.to(device), c, chunk=batch_size)
         total += torch.stack([lp.sum().double().cpu(), torch.tensor(len(x), dtype=torch.float64)])
     total = world.sum(total)
     return (total[0] / total[1]).item()
