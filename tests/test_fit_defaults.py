@@ -126,3 +126,27 @@ def test_ties_and_point_masses_are_reported_and_grids_dequantized(tmp_path, caps
     assert run(["sample", tmp_path / "m", "-n", "300", "-o", out_file], capsys)[0] == 0
     samples = pd.read_csv(out_file)
     assert np.allclose(samples["income"] % 1000, 0) and np.allclose(samples["rating"] % 0.5, 0)
+
+
+def test_cross_validation_picks_the_training_length_and_refits(tmp_path, capsys):
+    from arflows.train import fit_cv
+
+    x = torch.as_tensor(correlated_gaussian(150, d=3, seed=2), dtype=torch.float32)
+
+    def make():
+        torch.manual_seed(0)
+        return arflows.MAF(3, transforms=1, hidden_features=(8,), base="gaussian")
+
+    flow, history, cv = fit_cv(make, x, folds=3, epochs=5, progress=False)
+    assert len(cv["curve"]) == 6 and cv["curve"][cv["epochs"]] == max(cv["curve"])
+    assert len(history.train) == cv["epochs"]  # refitted for exactly the chosen epochs
+    with pytest.raises(ValueError, match="folds >= 2"):
+        fit_cv(make, x, folds=1)
+    pd.DataFrame(x.numpy(), columns=list("abc")).to_csv(tmp_path / "d.csv", index=False)
+    argv = ["fit", tmp_path / "d.csv", "--folds", "3", "--epochs", "4", "--no-progress"]
+    code, out, _ = run([*argv, "-o", tmp_path / "m"], capsys)
+    assert code == 0 and "cross-validation (3 folds)" in out
+    report = json.loads((tmp_path / "m" / "report.json").read_text())
+    assert (
+        report["cross_validation"]["folds"] == 3 and len(report["cross_validation"]["curve"]) == 5
+    )

@@ -105,16 +105,24 @@ def scores(
     draws: int,
     seed: int,
 ) -> Tensor:
-    """The log-density of each row, on the CPU; grid ``columns`` get ``draws`` noise draws."""
+    r"""The log-density of each row, on the CPU; grid ``columns`` get ``draws`` noise draws.
+
+    For a column on a grid of step :math:`h`, one draw gives the density at :math:`v + h u`
+    (the density the fit reports); more draws estimate the log of the mean density over the
+    cell, :math:`\log P(\text{cell}) - \sum \log h`, on the same scale (a density of the
+    dequantized values, comparable with any density of the same columns).
+    """
     flow.cpu().eval()
     if not columns:
         return log_prob(flow, x, c)
     generator = torch.Generator().manual_seed(seed)
     steps = dict(columns) if isinstance(columns, Mapping) else dict.fromkeys(columns, 1.0)
+    cell = sum(math.log(h) for h in steps.values())
 
     def discrete(dist: torch.distributions.Distribution, xb: Tensor) -> Tensor:
-        # One draw is the density at k + h u; more estimate log P(cell) (discrete_log_prob).
-        return discrete_log_prob(dist, xb, steps=steps, samples=draws, generator=generator)
+        # log P(cell) includes the cell's volume; the density scale leaves it out.
+        lp = discrete_log_prob(dist, xb, steps=steps, samples=draws, generator=generator)
+        return lp - cell
 
     return log_prob(flow, x, c, score=discrete)
 

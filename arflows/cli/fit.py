@@ -21,7 +21,16 @@ from torch import Tensor
 from ..files import FileExists
 from ..flows import Flow
 from ..io import is_model_dir, save
-from ..train import CANDIDATES, History, World, fit, fit_auto, init_from_env, shutdown
+from ..train import (
+    CANDIDATES,
+    History,
+    World,
+    fit,
+    fit_auto,
+    fit_cv,
+    init_from_env,
+    shutdown,
+)
 from ..train.sizing import model_warning
 from .common import fingerprint, finite, fmt, short
 from .fit_arguments import fit_parser
@@ -78,6 +87,8 @@ def _fit_in(world: World, device: torch.device, args: argparse.Namespace) -> int
     data = streamed(args) if args.stream else in_memory(args)
     if args.auto:
         return _fit_auto(args, data, target)
+    if args.folds:
+        return _fit_folds(args, data, target, device)
     torch.manual_seed(args.seed)
     flow = build_flow(args, data).to(device)
     _say_plan(say, args, data, flow)
@@ -99,6 +110,35 @@ def _fit_in(world: World, device: torch.device, args: argparse.Namespace) -> int
     return 0
 
 
+def _fit_folds(
+    args: argparse.Namespace, data: Splits, target: Path, device: torch.device
+) -> int:
+    """``--folds K``: the training length chosen by K-fold cross-validation on the train rows."""
+    if args.stream or args.resume or not isinstance(data.train, tuple):
+        raise ValueError("--folds needs rows in memory: drop --stream and --resume")
+
+    def make_flow() -> Flow:
+        torch.manual_seed(args.seed)
+        return build_flow(args, data).to(device)
+
+    _say_plan(print, args, data, make_flow())
+    sized = training_options_for(args, data)
+    options: dict = {"dequantize": data.dequantize or None}
+    if args.schedule is not None:
+        options["schedule"] = None if args.schedule == "none" else args.schedule
+    x, c = data.train
+    flow, history, cv = fit_cv(
+        make_flow, x, c, folds=args.folds, epochs=sized["epochs"], seed=args.seed,
+        batch_size=sized["batch_size"], lr=args.lr, patience=sized["patience"],
+        weight_decay=sized["weight_decay"], warmup=sized["warmup"],
+        progress=not args.no_progress, **options,
+    )  # fmt: skip
+    kept = "the fitted start" if cv["epochs"] == 0 else f"{cv['epochs']} epochs"
+    print(f"cross-validation ({args.folds} folds): {kept}, then refitted on the train rows")
+    _save(args, data, flow, history, target, cross_validation=cv)
+    return 0
+
+
 def _save(
     args: argparse.Namespace,
     data: Splits,
@@ -106,11 +146,14 @@ def _save(
     history: History,
     target: Path,
     candidates: list[dict] | None = None,
+    cross_validation: dict | None = None,
 ) -> None:
     """Scores the splits, then writes the model directory with its report, in one rename."""
     metadata = _fit_metadata(args, data, _split_scores(args, flow, data))
     if candidates is not None:
         metadata["candidates"] = candidates
+    if cross_validation is not None:
+        metadata["cross_validation"] = cross_validation
 
     def extras(folder: Path) -> None:
         write_report(folder, flow, history, metadata)

@@ -181,6 +181,14 @@ def _training_arguments(p: argparse.ArgumentParser) -> None:
         "the validation rows; prints the candidates and writes MODEL_DIR/candidates.csv",
     )
     p.add_argument(
+        "--folds",
+        type=positive_int,
+        metavar="K",
+        help="choose how long to train (or to keep the fitted start) by K-fold "
+        "cross-validation on the train rows, then refit on all of them: for small tables, "
+        "where the validation split is a handful of rows (costs K + 1 fits)",
+    )
+    p.add_argument(
         "--budget",
         type=positive_float,
         default=300.0,

@@ -10,6 +10,7 @@ r"""Maximum-likelihood training: :func:`fit`, its rows, steps, checkpoints and p
 * :mod:`~arflows.train.distributed`: the process group as a fit sees it (torchrun).
 * :mod:`~arflows.train.history`: :class:`History`, what a fit did.
 * :mod:`~arflows.train.start`: the data-dependent start (the classical fit the flow starts at).
+* :mod:`~arflows.train.crossval`: the training length chosen by K-fold cross-validation.
 * :mod:`~arflows.train.auto`: model selection within a time budget (``arflows fit --auto``).
 * :mod:`~arflows.train.sizing`: training options sized to a table (the command line's
   defaults).
@@ -25,6 +26,7 @@ __all__ = [
     "current_world",
     "fit",
     "fit_auto",
+    "fit_cv",
     "init_from_env",
     "read_checkpoint",
     "shutdown",
@@ -34,6 +36,7 @@ __all__ = [
 
 from .auto import CANDIDATES, Candidate, fit_auto
 from .checkpoint import CheckpointError, read_checkpoint, write_checkpoint
+from .crossval import fit_cv
 from .distributed import World, current_world, init_from_env, shutdown
 from .history import History
 from .loop import fit
