@@ -472,7 +472,7 @@ def test_cli_bad_data_is_one_line_and_exit_2(
 
 def test_cli_fit_one_row_and_pickled_data(tmp_path, capsys):
     code, _, err = run(["fit", _write(tmp_path / "one.csv", "a,b\n1,2\n"), *TINY], capsys)
-    assert_usage_error(code, err, r"too few rows \(1\)")
+    assert_usage_error(code, err, r"only 1 row of data: a density needs 2 or more")
     marker = tmp_path / "ran"
     pickled = _write(tmp_path / "p.npy", np.array([_System(marker)], dtype=object))
     code, _, err = run(["fit", pickled, *TINY, "-o", tmp_path / "out"], capsys)
