@@ -52,6 +52,7 @@ def fit_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     _data_arguments(p)
     _flow_arguments(p)
     _training_arguments(p)
+    _run_arguments(p)
     _output_arguments(p)
     return p
 
@@ -166,8 +167,12 @@ def _training_arguments(p: argparse.ArgumentParser) -> None:
         "--dequantize",
         choices=("auto", "none"),
         default="auto",
-        help="auto: add U[0,1) noise to integer-valued columns (default); none: never",
+        help="auto: add uniform noise of their grid's step to integer columns and columns on "
+        "a grid (default); none: never",
     )
+
+
+def _run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--seed", type=int, default=0, metavar="S", help="seed of the split, init and noise (0)"
     )
