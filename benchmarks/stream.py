@@ -41,7 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine import cpu_model  # benchmarks/machine.py (run as a script)
+from machine import cpu_model, run_state  # benchmarks/machine.py (run as a script)
 
 D = 8
 GROUP_ROWS = 100_000  # rows per Parquet row group (and per generated chunk)
@@ -453,18 +453,7 @@ def metadata(args: argparse.Namespace, ns: list[int], ddp_n: dict[str, int]) -> 
         "ddp repeats": args.repeats,
         "cpu": cpu_model(),
     }
-    try:  # which arflows was measured (the working tree may hold uncommitted changes)
-        git = ["git", "--no-optional-locks", "-C", str(Path(__file__).resolve().parent)]
-        commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True)
-        changed = subprocess.run(
-            [*git, "status", "--porcelain", "--", "../arflows"], capture_output=True
-        )
-        meta["git commit"] = commit.stdout.decode().strip() or None
-        meta["uncommitted changes in arflows/"] = bool(changed.stdout.strip())
-    except OSError:
-        pass
-    if hasattr(os, "getloadavg"):
-        meta["load average (1, 5, 15 min)"] = [round(v, 2) for v in os.getloadavg()]
+    meta.update(run_state())
     return meta
 
 

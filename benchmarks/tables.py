@@ -81,7 +81,6 @@ import pkgutil
 import platform
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -92,7 +91,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from machine import cpu_model  # benchmarks/machine.py (run as a script)
+from machine import cpu_model, run_state  # benchmarks/machine.py (run as a script)
 
 SPLIT = (0.8, 0.1, 0.1)
 MIN_ROWS = 200
@@ -781,18 +780,7 @@ def metadata(args: argparse.Namespace) -> dict:
         "seeds": list(range(args.seeds)),
         "split": "/".join(f"{f:.0%}" for f in SPLIT),
     }
-    try:  # which arflows was measured (the working tree may hold uncommitted changes)
-        git = ["git", "--no-optional-locks", "-C", str(Path(__file__).resolve().parent)]
-        commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True)
-        changed = subprocess.run(
-            [*git, "status", "--porcelain", "--", "../arflows"], capture_output=True
-        )
-        meta["git commit"] = commit.stdout.decode().strip() or None
-        meta["uncommitted changes in arflows/"] = bool(changed.stdout.strip())
-    except OSError:
-        pass
-    if hasattr(os, "getloadavg"):
-        meta["load average (1, 5, 15 min)"] = [round(v, 2) for v in os.getloadavg()]
+    meta.update(run_state())
     return meta
 
 
