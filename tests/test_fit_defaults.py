@@ -150,3 +150,16 @@ def test_cross_validation_picks_the_training_length_and_refits(tmp_path, capsys)
     assert (
         report["cross_validation"]["folds"] == 3 and len(report["cross_validation"]["curve"]) == 5
     )
+
+
+def test_bounds_check_the_cells_of_a_grid_column(tmp_path, capsys):
+    gen = np.random.default_rng(0)
+    share = 0.5 * gen.integers(0, 4, 300)  # values 0 .. 1.5, cells of width 0.5
+    pd.DataFrame({"share": share, "z": gen.normal(size=300)}).to_csv(
+        tmp_path / "d.csv", index=False
+    )
+    argv = ["fit", tmp_path / "d.csv", "--epochs", "1", "--no-progress"]
+    # The top cell [1.5, 2) fits in (0, 2); it does not fit in (0, 1.9).
+    assert run([*argv, "--bounds", "share=0:2", "-o", tmp_path / "a"], capsys)[0] == 0
+    code, _, err = run([*argv, "--bounds", "share=0:1.9", "-o", tmp_path / "b"], capsys)
+    assert code == 2 and "--bounds share" in err

@@ -9,14 +9,14 @@ from __future__ import annotations
 __all__ = ["add_parser", "run"]
 
 import argparse
+import contextlib
 import shlex
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
-from torch import Tensor
 
 from ..files import FileExists
 from ..flows import Flow
@@ -86,7 +86,7 @@ def _fit_in(world: World, device: torch.device, args: argparse.Namespace) -> int
     target, checkpoint = _fit_target(args)  # before any work: refuse to replace a model
     data = streamed(args) if args.stream else in_memory(args)
     if args.auto:
-        return _fit_auto(args, data, target)
+        return _fit_auto(args, data, target, device)
     if args.folds:
         return _fit_folds(args, data, target, device)
     torch.manual_seed(args.seed)
@@ -122,17 +122,9 @@ def _fit_folds(
         return build_flow(args, data).to(device)
 
     _say_plan(print, args, data, make_flow())
-    sized = training_options_for(args, data)
-    options: dict = {"dequantize": data.dequantize or None}
-    if args.schedule is not None:
-        options["schedule"] = None if args.schedule == "none" else args.schedule
     x, c = data.train
-    flow, history, cv = fit_cv(
-        make_flow, x, c, folds=args.folds, epochs=sized["epochs"], seed=args.seed,
-        batch_size=sized["batch_size"], lr=args.lr, patience=sized["patience"],
-        weight_decay=sized["weight_decay"], warmup=sized["warmup"],
-        progress=not args.no_progress, **options,
-    )  # fmt: skip
+    with _threads(args, data, device):
+        flow, history, cv = fit_cv(make_flow, x, c, folds=args.folds, **_fit_options(args, data))
     kept = "the fitted start" if cv["epochs"] == 0 else f"{cv['epochs']} epochs"
     print(f"cross-validation ({args.folds} folds): {kept}, then refitted on the train rows")
     _save(args, data, flow, history, target, cross_validation=cv)
@@ -174,7 +166,7 @@ def _save(
     print(f"model: {target}")
 
 
-def _fit_auto(args: argparse.Namespace, data: Splits, target: Path) -> int:
+def _fit_auto(args: argparse.Namespace, data: Splits, target: Path, device: torch.device) -> int:
     """``--auto``: the candidates within the budget, the best on validation saved."""
     if args.stream or args.resume or not isinstance(data.train, tuple) or data.valid is None:
         raise ValueError(
@@ -185,16 +177,12 @@ def _fit_auto(args: argparse.Namespace, data: Splits, target: Path) -> int:
     print(f"auto: {len(CANDIDATES)} candidates within {args.budget:g} s, chosen on validation")
     x, c = data.train
     support = support_of(args.bounds, data) if args.bounds else None
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads or 1)
-    try:
+    with _threads(args, data, device):
         flow, history, table = fit_auto(
             x, c, valid=data.valid, budget=args.budget, seed=args.seed,
             dequantize=data.dequantize or None, support=support,
             progress=not args.no_progress, report=lambda row: print(candidate_line(row)),
         )  # fmt: skip
-    finally:
-        torch.set_num_threads(threads)
     print(f"selected: {next(row['candidate'] for row in table if row['selected'])}")
     _save(args, data, flow, history, target, candidates=table)
     return 0
@@ -207,7 +195,7 @@ def _say_plan(
     say(
         f"data: {data.source}, {data.rows} rows, columns {short(data.columns)}"
         + (f", context {short(data.context_columns)}" if data.context_columns else "")
-        + (f", dequantized {len(cols)} integer column(s)" if cols else "")
+        + (f", dequantized {len(cols)} {_kind(cols)} column(s)" if cols else "")
     )
     for note in data.notes:  # columns left out, index columns, point masses, ...
         say(f"note: {note}")
@@ -226,6 +214,11 @@ def _say_plan(
         say(f"warning: {warning}", file=sys.stderr)
 
 
+def _kind(cols: dict | list) -> str:
+    # In memory: {column: step} of every column on a grid; streamed: integer-typed columns.
+    return "grid" if isinstance(cols, dict) else "integer"
+
+
 def _train(
     args: argparse.Namespace, flow: Flow, data: Splits, checkpoint: Path, device: torch.device
 ) -> History:
@@ -234,51 +227,40 @@ def _train(
         valid = data.valid if data.valid is None or data.valid[1] is not None else data.valid[0]
     else:
         x_train, c_train, valid = data.train, None, data.valid
+    with _threads(args, data, device):
+        return fit(
+            flow, x_train, c_train, valid=valid, checkpoint=checkpoint,
+            checkpoint_every=args.checkpoint_every, resume=args.resume,
+            **_fit_options(args, data),
+        )  # fmt: skip
+
+
+def _fit_options(args: argparse.Namespace, data: Splits) -> dict:
+    """The options of :func:`arflows.fit` every way of fitting shares: given, else sized."""
     sized = training_options_for(args, data)
-    threads = torch.get_num_threads()
-    if args.threads is not None or (sized["batch_size"] < 256 and device.type == "cpu"):
-        torch.set_num_threads(args.threads or 1)
-    try:
-        return _fit_sized(args, flow, data, checkpoint, sized, x_train, c_train, valid)
-    finally:
-        torch.set_num_threads(threads)  # main() may run in a user's process: leave it as found
-
-
-def _fit_sized(
-    args: argparse.Namespace,
-    flow: Flow,
-    data: Splits,
-    checkpoint: Path,
-    sized: dict,
-    x_train: object,
-    c_train: Tensor | None,
-    valid: object,
-) -> History:
-    options: dict = {}
+    options = {name: sized[name] for name in ("epochs", "batch_size", "patience")}
+    options |= {"weight_decay": sized["weight_decay"], "warmup": sized["warmup"]}
+    options |= {"lr": args.lr, "seed": args.seed, "progress": not args.no_progress}
     if data.dequantize:
         options["dequantize"] = data.dequantize
     if args.schedule is not None:
         options["schedule"] = None if args.schedule == "none" else args.schedule
-    return fit(
-        flow,
-        x_train,
-        c_train,
-        valid=valid,
-        epochs=sized["epochs"],
-        batch_size=sized["batch_size"],
-        lr=args.lr,
-        patience=sized["patience"],
-        weight_decay=sized["weight_decay"],
-        warmup=sized["warmup"],
-        seed=args.seed,
-        progress=not args.no_progress,
-        checkpoint=checkpoint,
-        checkpoint_every=args.checkpoint_every,
-        resume=args.resume,
-        **options,
-    )
+    return options
 
 
+@contextlib.contextmanager
+def _threads(args: argparse.Namespace, data: Splits, device: torch.device) -> Iterator[None]:
+    """``--threads``, else one thread for small batches on the CPU; restored afterwards."""
+    # Small products only lose time to threading; main() may run in a user's process, so
+    # the setting is put back as found.
+    threads = torch.get_num_threads()
+    small = training_options_for(args, data)["batch_size"] < 256 and device.type == "cpu"
+    if args.threads is not None or small:
+        torch.set_num_threads(args.threads or 1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _split_scores(args: argparse.Namespace, flow: Flow, data: Splits) -> dict:

@@ -26,8 +26,9 @@ _DESCRIPTION = (
     "nats per row, and writes the model directory (model.safetensors, config.json) with "
     "report.json, report.md and loss.png. Without DATA it fits the built-in figure-1 "
     "density of the MAF paper (or --dataset NAME). Data and context are standardised "
-    "inside the model; integer-valued columns are dequantized (uniform noise) unless "
-    "--dequantize none. With --stream a Parquet file is read in batches, never whole. "
+    "inside the model; integer columns and columns on a grid are dequantized (uniform "
+    "noise of the grid's step) unless --dequantize none. With --stream a Parquet file "
+    "is read in batches, never whole. "
     "Launched by torchrun, the processes train data-parallel (gloo on CPU, NCCL on GPUs) "
     "with --batch-size rows per step in all, and only rank 0 prints and writes."
 )

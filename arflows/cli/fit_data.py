@@ -209,10 +209,11 @@ def _check_inside(
     if not parts:
         return
     x = torch.cat([p[0][:, j] for p in parts])
-    # A dequantized integer k becomes k + u, u in [0, 1): it must fit in [k, k + 1).
-    top = x + 1 if j in data.dequantize else x
-    low = lower is not None and ((x < lower) if j in data.dequantize else (x <= lower))
-    high = upper is not None and ((top > upper) if j in data.dequantize else (x >= upper))
+    # A dequantized value v becomes v + h u, u in [0, 1): its cell [v, v + h) must fit.
+    step = grid_steps(data).get(j)
+    top = x if step is None else x + step
+    low = lower is not None and ((x <= lower) if step is None else (x < lower))
+    high = upper is not None and ((x >= upper) if step is None else (top > upper))
     outside = torch.as_tensor(low) | torch.as_tensor(high)
     if bool(outside.any()):
         interval = f"({'-inf' if lower is None else f'{lower:g}'}, "

@@ -59,7 +59,8 @@ def _add_sample(commands: argparse._SubParsersAction) -> None:
         "names (.csv, .npy or .parquet by the suffix of -o; CSV to standard output without "
         "-o). A conditional model needs a context: one vector (--context) or a table of "
         "contexts (--context-file, N samples per row; its context columns lead each output "
-        "row). Dequantized integer columns are floored back to integers unless --continuous.",
+        "row). Dequantized columns are put back onto their grid (integers, multiples of the "
+        "step) unless --continuous.",
         "  arflows sample model -n 1000 -o samples.csv\n"
         "  arflows sample model -n 100 --context 0.5 -o samples.parquet\n"
         "  arflows sample model -n 10 --context-file contexts.csv -o samples.npy\n",
@@ -84,10 +85,11 @@ def _add_score(commands: argparse._SubParsersAction) -> None:
         "write the log-density of each row of a data file (anomaly scores)",
         "Computes log p(x) (natural log) of every row of DATA under the model in MODEL_DIR; "
         "low values flag unusual rows. Columns are picked by the names the model was fit on "
-        "(NPY/NPZ by position); row i of the output scores row i of DATA. For integer "
-        "columns the model dequantized, the score uses --draws seeded U[0,1) noise draws: one "
-        "draw gives log p(k + u), as in the fit report; more estimate the log-probability "
-        "log P(k) of the integer values.",
+        "(NPY/NPZ by position); row i of the output scores row i of DATA. For columns the "
+        "model dequantized (integers, values on a grid of step h), the score uses --draws "
+        "seeded noise draws: one draw gives log p(v + h u), as in the fit report; more "
+        "estimate the log of the mean density over the cell [v, v + h) (log P(cell) minus "
+        "its log-volume: the same density scale).",
         "  arflows score model data.csv -o scores.csv\n"
         "  arflows score model data.parquet --draws 100 > scores.csv\n",
     )
