@@ -222,14 +222,10 @@ def _kind(cols: dict | list) -> str:
 def _train(
     args: argparse.Namespace, flow: Flow, data: Splits, checkpoint: Path, device: torch.device
 ) -> History:
-    if isinstance(data.train, tuple):
-        x_train, c_train = data.train
-        valid = data.valid if data.valid is None or data.valid[1] is not None else data.valid[0]
-    else:
-        x_train, c_train, valid = data.train, None, data.valid
+    x_train, c_train = data.train if isinstance(data.train, tuple) else (data.train, None)
     with _threads(args, data, device):
         return fit(
-            flow, x_train, c_train, valid=valid, checkpoint=checkpoint,
+            flow, x_train, c_train, valid=data.valid, checkpoint=checkpoint,
             checkpoint_every=args.checkpoint_every, resume=args.resume,
             **_fit_options(args, data),
         )  # fmt: skip

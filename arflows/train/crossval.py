@@ -75,11 +75,10 @@ def fit_cv(
         keep = torch.ones(n, dtype=torch.bool)
         keep[held] = False
         flow = make_flow()
-        valid = (x[held], None if context is None else context[held])
         history = fit(
             flow, x[keep], None if context is None else context[keep],
-            valid=valid if context is not None else valid[0], epochs=epochs, seed=seed,
-            **options,
+            valid=(x[held], None if context is None else context[held]), epochs=epochs,
+            seed=seed, **options,
         )  # fmt: skip
         curves.append(_curve(history, epochs))
     curve = torch.tensor(curves, dtype=torch.float64).mean(0)
