@@ -24,7 +24,7 @@ ALLOWED = {  # what each core layer may import of arflows besides itself
 PUBLIC_API = ("flows", "transforms", "nn")  # product modules import only their __all__
 PRODUCT = {
     "__main__", "_version", "cli", "data", "diagnostics", "files", "io", "plot", "pyro",
-    "sklearn", "targets", "train", "vi",
+    "sbi", "sklearn", "targets", "train", "vi",
 }  # fmt: skip
 HEAVY = {"matplotlib", "pandas", "tqdm"}
 # Known violations that need more than an import edit, each with its reason:
