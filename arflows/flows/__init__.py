@@ -40,6 +40,9 @@ __all__ = [
     "initialize_",
     "select_gaussian_mixture",
     "Unconditional",
+    "cdf",
+    "mean",
+    "quantiles",
 ]
 
 from .agnostic import MaskEnsemble, MaskMixture, OrderAgnosticMAF, mask_orders, select_masks
@@ -67,6 +70,7 @@ from .marginal import MarginalSpline
 from .mixture import AutoregressiveMoG, MADEMoG, MADEMoGFlow
 from .neural import NAF
 from .normalization import ActNorm, BatchNorm
+from .quantiles import cdf, mean, quantiles
 from .registry import build, flow_classes, flow_options
 from .scoring import log_prob
 from .spline import NSF
