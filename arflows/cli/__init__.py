@@ -1,9 +1,10 @@
-r"""The ``arflows`` command line: ``fit``, ``sample``, ``score``, ``diagnose`` and ``demo``.
+r"""The ``arflows`` command line: fit, sample, score, predict, diagnose and demo.
 
 Each subcommand is a small function over the public API (:func:`arflows.fit`,
 :func:`arflows.save` / :func:`arflows.load`, :mod:`arflows.data`, :mod:`arflows.diagnostics`),
 in its own module: :mod:`~arflows.cli.fit`, :mod:`~arflows.cli.model` (sample, score,
-diagnose) and :mod:`~arflows.cli.demo`; each adds its parser with ``add_parser``.
+diagnose), :mod:`~arflows.cli.predict` and :mod:`~arflows.cli.demo`; each adds its parser
+with ``add_parser``.
 
 Exit codes: 0 on success; 2 for a usage error (bad arguments, unreadable or invalid data, a
 broken model directory, data that does not fit the model), reported as one line
@@ -23,7 +24,7 @@ from collections.abc import Sequence
 from .._version import __version__
 from ..data import DataError
 from ..io import ModelError
-from . import demo, fit, model
+from . import demo, fit, model, predict
 from .parsing import Parser
 
 
@@ -38,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     fit.add_parser(commands)
     model.add_parsers(commands)
+    predict.add_parser(commands)
     demo.add_parser(commands)
     return parser
 
