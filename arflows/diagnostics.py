@@ -5,6 +5,12 @@ Gaussianised data :math:`z_n = f(x_n)` are draws from the standard normal base, 
 per-dimension normality tests and QQ plots of :math:`z` show where the model falls short
 (the diagnostic of the MAF paper's figure 1).
 
+For conditional flows, :func:`pit` and :func:`calibration` check the predictive
+distributions of the targets one by one: the probability integral transform
+:math:`u_{nj} = F_j(y_{nj} \mid c_n)` of held-out rows is uniform on :math:`[0, 1]` when the
+model is right, so its histogram is flat and the central interval of level :math:`l` holds a
+share :math:`l` of the rows (Gneiting, Balabdaoui and Raftery, 2007).
+
 Example:
     >>> import arflows
     >>> flow = arflows.MAF(2, transforms=1, hidden_features=(8,))
@@ -20,28 +26,44 @@ Example:
 References:
     Masked Autoregressive Flow for Density Estimation (Papamakarios et al., 2017)
     https://arxiv.org/abs/1705.07057
+
+    Probabilistic forecasts, calibration and sharpness (Gneiting, Balabdaoui and Raftery,
+    2007) https://doi.org/10.1111/j.1467-9868.2007.00587.x
 """
 
 from __future__ import annotations
 
-__all__ = ["gaussianize", "gaussianized_figure", "joint_normality", "normality", "qq_figure"]
+__all__ = [
+    "LEVELS",
+    "Calibration",
+    "calibration",
+    "gaussianize",
+    "gaussianized_figure",
+    "joint_normality",
+    "normality",
+    "pit",
+    "qq_figure",
+]
 
 import contextlib
 import math
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .flows import Flow, log_prob
+from .flows import Flow, cdf, log_prob
 
 if TYPE_CHECKING:
     import pandas
     from matplotlib.figure import Figure
 
 _CHUNK = 8192  # rows mapped to the base space per call of the flow
+# The nominal levels of the central intervals whose coverage :func:`calibration` reports.
+LEVELS = (0.5, 0.8, 0.9, 0.95)
 
 
 def _as_matrix(name: str, z: Tensor | np.ndarray) -> np.ndarray:
@@ -307,3 +329,158 @@ def gaussianized_figure(
         ax.set_ylabel("$x_2$")
     fig.tight_layout()
     return fig
+
+
+@torch.no_grad()
+def pit(
+    flow: Flow,
+    y: Tensor,
+    c: Tensor | None = None,
+    *,
+    samples: int = 1000,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    r"""The probability integral transform :math:`u_{nj} = F_j(y_{nj} \mid c_n)` of each target.
+
+    :math:`F_j` is the model's conditional marginal CDF of target :math:`j`
+    (:func:`arflows.flows.cdf`, in evaluation mode): exact for a flow of one target, else the
+    share of ``samples`` draws per row below :math:`y_{nj}`. When the model is right,
+    every column of :math:`u` is uniform on :math:`[0, 1]`. For targets on a grid, pass
+    dequantized values (:math:`v + h\,U`): their PIT is uniform too.
+
+    Args:
+        flow: The flow, usually conditional.
+        y: The held-out targets, with shape :math:`(N, D)`.
+        c: Their contexts, with shape :math:`(N, C)`, or ``None``.
+        samples: The draws per row when the CDF is not exact.
+        generator: Seeds those draws.
+
+    Returns:
+        :math:`u`, with shape :math:`(N, D)`.
+    """
+    with _evaluating(flow):
+        return cdf(flow, y, c, samples=samples, generator=generator)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    r"""The calibration of :math:`D` targets' predictive distributions, from their PIT values.
+
+    Attributes:
+        columns: The target names, :math:`D` of them.
+        rows: The number :math:`N` of PIT values per target.
+        edges: The histogram's bin edges on :math:`[0, 1]`, with shape :math:`(B + 1,)`.
+        counts: The rows per bin, with shape :math:`(D, B)`; about :math:`N / B` each when
+            calibrated. Too many at both ends: predictive distributions too narrow; a hump
+            in the middle: too wide; a slope: biased.
+        ks: The Kolmogorov--Smirnov distance of each target's :math:`u` from
+            :math:`U[0, 1]`, with shape :math:`(D,)`.
+        ks_pvalue: Its p-value, with shape :math:`(D,)`.
+        levels: The nominal levels :math:`l` of the central intervals, with shape
+            :math:`(L,)`.
+        coverage: The share of rows with :math:`u` in :math:`[(1 - l) / 2, (1 + l) / 2]`, the
+            coverage of the central :math:`l` prediction interval, with shape :math:`(D, L)`.
+            Below :math:`l`: intervals too narrow (overconfident).
+
+    :func:`arflows.plot.calibration_figure` draws it.
+    """
+
+    columns: list[str]
+    rows: int
+    edges: np.ndarray
+    counts: np.ndarray
+    ks: np.ndarray
+    ks_pvalue: np.ndarray
+    levels: np.ndarray
+    coverage: np.ndarray
+
+    @property
+    def coverage_se(self) -> np.ndarray:
+        r"""The standard error of a calibrated coverage, :math:`\sqrt{l (1 - l) / N}`, (L,)."""
+        return np.sqrt(self.levels * (1 - self.levels) / max(self.rows, 1))
+
+    def table(self) -> pandas.DataFrame:
+        """One row per target: ``ks``, ``ks_pvalue`` and ``coverage_<level>`` per level."""
+        import pandas
+
+        frame = pandas.DataFrame(
+            {"ks": self.ks, "ks_pvalue": self.ks_pvalue},
+            index=pandas.Index(self.columns, name="column"),
+        )
+        for k, level in enumerate(self.levels):
+            frame[f"coverage_{level:g}"] = self.coverage[:, k]
+        return frame
+
+    def to_dict(self) -> dict:
+        """The results as JSON-ready lists, by target name."""
+        return {
+            "rows": self.rows,
+            "levels": self.levels.tolist(),
+            "coverage_se": self.coverage_se.tolist(),
+            "edges": self.edges.tolist(),
+            "columns": {
+                name: {
+                    "ks": float(self.ks[j]),
+                    "ks_pvalue": float(self.ks_pvalue[j]),
+                    "coverage": self.coverage[j].tolist(),
+                    "histogram": self.counts[j].tolist(),
+                }
+                for j, name in enumerate(self.columns)
+            },
+        }
+
+
+def calibration(
+    u: Tensor | np.ndarray,
+    columns: Sequence[str] | None = None,
+    *,
+    levels: Sequence[float] = LEVELS,
+    bins: int = 10,
+) -> Calibration:
+    r"""Histogram, uniformity test and interval coverage of PIT values, target by target.
+
+    Args:
+        u: The PIT values :func:`pit` returns, with shape :math:`(N, D)`, in :math:`[0, 1]`.
+        columns: A name per target; defaults to ``z0, z1, ...``.
+        levels: The nominal levels of the central intervals, each in :math:`(0, 1)`.
+        bins: The histogram's bins :math:`B`.
+
+    Returns:
+        The :class:`Calibration`.
+
+    Raises:
+        ValueError: For ``u`` of the wrong shape or outside :math:`[0, 1]`, levels outside
+            :math:`(0, 1)` or ``bins < 1``.
+
+    Example:
+        >>> u = torch.rand(2000, 1, dtype=torch.float64)
+        >>> result = calibration(u, ["y"])
+        >>> result.counts.shape, bool(abs(result.coverage[0, 2] - 0.9) < 0.05)
+        ((1, 10), True)
+    """
+    from scipy import stats
+
+    array = _as_matrix("u", u)
+    if array.min() < 0 or array.max() > 1:
+        raise ValueError("expected PIT values `u` in [0, 1]")
+    level = np.asarray(levels, dtype=float)
+    if level.ndim != 1 or not len(level) or not ((level > 0) & (level < 1)).all():
+        raise ValueError(f"expected `levels` strictly between 0 and 1, got {list(levels)}")
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+        raise ValueError(f"expected an integer `bins >= 1`, got {bins!r}")
+    names = _names(columns, array.shape[1])
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    counts = np.stack([np.histogram(col, bins=edges)[0] for col in array.T])
+    ks = [stats.kstest(col, "uniform") for col in array.T]
+    low, high = (1 - level) / 2, (1 + level) / 2
+    inside = (array[:, :, None] >= low) & (array[:, :, None] <= high)  # (N, D, L)
+    return Calibration(
+        columns=names,
+        rows=array.shape[0],
+        edges=edges,
+        counts=counts,
+        ks=np.array([float(r.statistic) for r in ks]),
+        ks_pvalue=np.array([float(r.pvalue) for r in ks]),
+        levels=level,
+        coverage=inside.mean(0),
+    )

@@ -7,12 +7,20 @@ picks nor changes the user's backend and leaves no global state behind.
 
 from __future__ import annotations
 
-__all__ = ["density_figure", "density_grid", "loss_figure", "new_figure", "save_figure"]
+__all__ = [
+    "calibration_figure",
+    "density_figure",
+    "density_grid",
+    "loss_figure",
+    "new_figure",
+    "save_figure",
+]
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -21,6 +29,8 @@ from .flows import Flow
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+    from .diagnostics import Calibration
 
 
 def new_figure(**kwargs: object) -> Figure:
@@ -165,5 +175,53 @@ def loss_figure(
     ax.set_ylabel("average log-likelihood (nats)")
     ax.legend()
     ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def calibration_figure(result: Calibration, *, max_panels: int = 8) -> Figure:
+    """Per target: the PIT histogram against the uniform, and coverage against nominal.
+
+    Each target gets a row of two panels: the histogram of its PIT values as densities, with
+    the uniform's level 1 dashed, and the coverage of its central intervals against their
+    nominal levels, with the diagonal and a band of two standard errors of a calibrated
+    model. The targets with the largest KS distance are drawn first when there are more than
+    ``max_panels``.
+
+    Args:
+        result: The :class:`~arflows.diagnostics.Calibration` of
+            :func:`~arflows.diagnostics.calibration`.
+        max_panels: The most targets drawn.
+
+    Returns:
+        A matplotlib figure (save it with :func:`save_figure`).
+    """
+    if max_panels < 1:
+        raise ValueError(f"expected `max_panels >= 1`, got {max_panels}")
+    order = np.argsort(-result.ks, kind="stable")[:max_panels]
+    if len(order) == len(result.columns):
+        order = np.sort(order)
+    fig = new_figure(figsize=(8, 3 * len(order)))
+    axes = fig.subplots(len(order), 2, squeeze=False)
+    width = np.diff(result.edges)
+    band = 2 * result.coverage_se
+    for (hist, cover), j in zip(axes, order, strict=True):
+        density = result.counts[j] / max(result.rows, 1) / width
+        hist.bar(result.edges[:-1], density, width=width, align="edge", alpha=0.7)
+        hist.axhline(1.0, color="k", ls="--", lw=0.8)
+        hist.set_xlim(0, 1)
+        hist.set_title(f"{result.columns[j]}: PIT (KS {result.ks[j]:.3f})", fontsize=9)
+        hist.set_xlabel("u = F(y | c)", fontsize=8)
+        hist.set_ylabel("density", fontsize=8)
+        cover.fill_between(result.levels, result.levels - band, result.levels + band,
+                           color="0.85", label="±2 s.e.")  # fmt: skip
+        cover.plot([0, 1], [0, 1], "k--", lw=0.8)
+        cover.plot(result.levels, result.coverage[j], "o-", ms=4, label="observed")
+        cover.set_xlim(0, 1)
+        cover.set_ylim(0, 1)
+        cover.set_title(f"{result.columns[j]}: central interval coverage", fontsize=9)
+        cover.set_xlabel("nominal level", fontsize=8)
+        cover.set_ylabel("coverage", fontsize=8)
+        cover.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     return fig

@@ -1,4 +1,6 @@
-"""``arflows predict``: conditional quantiles and means of a fitted model, one row per row."""
+"""``arflows predict`` (conditional quantiles and means) and ``diagnose``'s calibration."""
+
+import json
 
 import numpy as np
 import pandas as pd
@@ -10,6 +12,7 @@ from arflows.cli import main
 from arflows.flows import cdf, quantiles
 from arflows.io import load
 
+PNG = b"\x89PNG\r\n\x1a\n"
 TINY = ["--epochs", "2", "--hidden", "8", "8", "--transforms", "2", "--no-progress"]
 QUANTILE_COLUMNS = ["a_q0.05", "a_q0.5", "a_q0.95"]
 # The exact path's precision in the model's float32, through a CSV's decimals.
@@ -154,3 +157,36 @@ def test_help_explains_the_command(capsys):
     code, out, _ = run(["predict", "--help"], capsys)
     assert code == 0 and "usage: arflows predict" in out and "examples:" in out
     assert "Monte Carlo" in out and "grid" in out
+
+
+@pytest.mark.parametrize("which", ["one", "two"])
+def test_diagnose_reports_the_calibration_of_a_conditional_model(models, tmp_path, which, capsys):
+    data, one, two = models
+    model, targets = (one, ["a"]) if which == "one" else (two, ["a", "k"])
+    out = tmp_path / "d"
+    argv = ["diagnose", model, data, "-o", out, "--samples", "200"]
+    code, text, _ = run(argv, capsys)
+    assert code == 0 and "calibration: PIT" in text and "coverage_0.9" in text
+    report = json.loads((out / "diagnostics.json").read_text())
+    assert "mean_error" in report  # the joint normality scores stay at the top
+    result = report["calibration"]
+    assert result["rows"] == 200 and result["levels"] == [0.5, 0.8, 0.9, 0.95]
+    assert list(result["columns"]) == targets
+    for column in result["columns"].values():
+        assert sum(column["histogram"]) == 200 and len(column["coverage"]) == 4
+        assert 0 <= column["ks"] <= 1 and 0 <= column["ks_pvalue"] <= 1
+    table = pd.read_csv(out / "calibration.csv", index_col=0)
+    assert list(table.index) == targets and "coverage_0.95" in table.columns
+    assert (out / "calibration.png").read_bytes()[:8] == PNG
+    # Repeatable (seeded noise and draws), and refused over the files without --force.
+    code, _, err = run(argv, capsys)
+    assert code != 0 and "--force" in err
+    assert run([*argv, "--force"], capsys)[0] == 0
+    assert json.loads((out / "diagnostics.json").read_text())["calibration"] == result
+
+
+def test_diagnose_without_data_calibrates_the_held_out_rows(models, capsys):
+    _, one, _ = models
+    code, text, _ = run(["diagnose", one], capsys)
+    assert code == 0 and "calibration: PIT u = F(y | context) of 20 rows" in text
+    assert (one / "diagnostics" / "calibration.png").is_file()

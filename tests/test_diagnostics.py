@@ -5,13 +5,16 @@ import torch
 import arflows
 from arflows.data import figure1, figure1_log_prob
 from arflows.diagnostics import (
+    calibration,
     gaussianize,
     gaussianized_figure,
     joint_normality,
     normality,
+    pit,
     qq_figure,
 )
-from arflows.plot import loss_figure, save_figure
+from arflows.flows import quantiles
+from arflows.plot import calibration_figure, loss_figure, save_figure
 from tests.helpers import randomize
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -114,3 +117,92 @@ def test_loss_figure(tmp_path):
     lines = fig.axes[0].get_lines()
     assert np.allclose(lines[1].get_ydata(), [-2.9, -2.6, -2.7])
     assert save_figure(fig, tmp_path / "loss.png").read_bytes()[:8] == PNG
+
+
+# --- calibration: the PIT of held-out targets -----------------------------------------------
+
+
+def conditional_model_and_data(n=2000, features=1, seed=0):
+    """A random conditional MAF whose location moves with the context, and rows drawn from it."""
+    flow = randomize(arflows.MAF(features, context=1, transforms=2, hidden_features=(8,)))
+    flow = flow.double().eval()
+    gen = torch.Generator().manual_seed(seed)
+    c = 3 * torch.randn(n, 1, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        torch.manual_seed(seed)
+        y = flow(c).sample()
+    return flow, y, c
+
+
+def within(result, sigmas=4.0):
+    """Whether every coverage is its nominal level up to ``sigmas`` standard errors."""
+    return bool((np.abs(result.coverage - result.levels) < sigmas * result.coverage_se).all())
+
+
+def test_a_correct_model_gives_uniform_pit_and_nominal_coverage():
+    flow, y, c = conditional_model_and_data()
+    u = pit(flow, y, c)
+    result = calibration(u, ["y"])
+    assert result.counts.shape == (1, 10) and result.counts.sum() == 2000
+    assert result.ks_pvalue[0] > 1e-3 and within(result)
+    assert np.abs(result.counts - 200).max() < 4 * 200**0.5
+    # Rows scored against another row's context are not calibrated: the context is used.
+    shuffled = calibration(pit(flow, y, c.roll(1, 0)))
+    assert shuffled.ks_pvalue[0] < 1e-6
+
+
+def test_too_narrow_and_biased_predictions_are_flagged():
+    flow, y, c = conditional_model_and_data()
+    lower, median, upper = quantiles(flow, [0.25, 0.5, 0.75], c).unbind(1)
+    wide = median + 2 * (y - median)  # the model's scale is half the data's
+    result = calibration(pit(flow, wide, c))
+    assert (result.coverage[0] < result.levels - 0.15).all()  # intervals too narrow
+    assert result.counts[0, 0] + result.counts[0, -1] > 2 * 2 * 200  # U-shaped histogram
+    shifted = calibration(pit(flow, y + (upper - lower) / 2, c))  # half an IQR up
+    assert shifted.counts[0, -1] > 2 * shifted.counts[0, 0]  # the data lie above the model
+
+
+def test_pit_of_several_targets_by_draws():
+    flow, y, c = conditional_model_and_data(n=600, features=2)
+    u = pit(flow, y, c, samples=400, generator=torch.Generator().manual_seed(0))
+    assert u.shape == (600, 2)
+    result = calibration(u, ["a", "b"])
+    assert (result.ks_pvalue > 1e-3).all() and within(result)
+    assert list(result.table().columns) == ["ks", "ks_pvalue", "coverage_0.5", "coverage_0.8",
+                                            "coverage_0.9", "coverage_0.95"]  # fmt: skip
+
+
+def test_calibration_counts_by_hand():
+    u = torch.tensor([[0.5], [0.01], [0.99], [0.3], [0.76]], dtype=torch.float64)
+    result = calibration(u, levels=(0.5, 0.98), bins=4)
+    assert result.coverage[0].tolist() == [0.4, 0.8]  # [0.25, 0.75] and [0.01, 0.99]
+    assert result.counts[0].tolist() == [1, 1, 1, 2]
+    summary = result.to_dict()
+    assert summary["columns"]["z0"]["histogram"] == [1, 1, 1, 2]
+    assert summary["levels"] == [0.5, 0.98] and len(summary["edges"]) == 5
+
+
+@pytest.mark.parametrize(
+    "u, kwargs, match",
+    [
+        (torch.full((5, 1), 1.5), {}, r"\[0, 1\]"),
+        (torch.rand(5, 1), {"levels": (0.5, 1.0)}, "levels"),
+        (torch.rand(5, 1), {"bins": 0}, "bins"),
+        (torch.rand(5), {}, "shape"),
+    ],
+    ids=["outside", "level-1", "no-bins", "1-d"],
+)
+def test_calibration_rejects_bad_input(u, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        calibration(u, **kwargs)
+
+
+def test_calibration_figure(tmp_path):
+    pytest.importorskip("matplotlib")
+    gen = torch.Generator().manual_seed(5)
+    u = torch.rand(500, 3, generator=gen, dtype=torch.float64)
+    u[:, 1] = u[:, 1] ** 3  # the least uniform: drawn first
+    fig = calibration_figure(calibration(u, ["a", "b", "c"]), max_panels=2)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert len(titles) == 4 and titles[0].startswith("b: PIT")
+    assert save_figure(fig, tmp_path / "calibration.png").read_bytes()[:8] == PNG
