@@ -117,7 +117,11 @@ class Unconditional(LazyTransform):
 
 
 def checked_values(
-    name: str, value: object, dtype: torch.dtype | None, bounded: Tensor | None = None
+    name: str,
+    value: object,
+    dtype: torch.dtype | None,
+    bounded: Tensor | None = None,
+    device: torch.device | None = None,
 ) -> Tensor:
     r"""``value`` as a real tensor of ``dtype`` (the flow's), or a clear error.
 
@@ -135,6 +139,7 @@ def checked_values(
         dtype: The flow's floating point type, or ``None`` for torch's default (then any
             floating type passes).
         bounded: Which columns (last dimension) may hold infinities, or ``None`` for none.
+        device: The flow's device, where ``value`` must be (``None``: anywhere).
     """
     if not isinstance(value, Tensor):
         raise TypeError(
@@ -149,6 +154,12 @@ def checked_values(
         raise TypeError(
             f"expected `{name}` of dtype {dtype} (the flow's), got {value.dtype}; convert it "
             f"with .to({dtype}) or the flow with .to({value.dtype})"
+        )
+    if device is not None and value.device != device:
+        # Refused here, naming both: torch would fail inside a layer.
+        raise ValueError(
+            f"expected `{name}` on {device} (the flow's device), got it on {value.device}; "
+            f"move it with .to({str(device)!r}) or the flow with .to({str(value.device)!r})"
         )
     if Distribution._validate_args and value.numel():
         bad = value.isnan()
@@ -179,6 +190,8 @@ class NormalizingFlow(Distribution):
             it and refuses other floating types (see :func:`checked_values`).
         bounded: The columns with a finite support bound, where :meth:`log_prob` takes
             infinities (outside the support: :math:`-\infty`), or ``None`` for none.
+        device: The flow's device: :meth:`log_prob` refuses ``x`` elsewhere (``None``: not
+            checked).
     """
 
     arg_constraints: dict = {}
@@ -191,9 +204,10 @@ class NormalizingFlow(Distribution):
         *,
         dtype: torch.dtype | None = None,
         bounded: Tensor | None = None,
+        device: torch.device | None = None,
     ):
         self.transform, self.base = transform, base
-        self.dtype, self.bounded = dtype, bounded
+        self.dtype, self.bounded, self.device = dtype, bounded, device
         super().__init__(base.batch_shape, base.event_shape, validate_args=False)
 
     def _ladj(self, ladj: Tensor) -> Tensor:
@@ -220,11 +234,11 @@ class NormalizingFlow(Distribution):
         Raises:
             TypeError: For ``x`` that is not a real tensor of the flow's dtype (integer
                 tensors are converted).
-            ValueError: For the wrong shape, a batch shape that does not broadcast against
-                the context's, or (while torch validates distribution arguments) NaN or an
-                infinity outside a bounded column.
+            ValueError: For ``x`` on another device than the flow's, the wrong shape, a
+                batch shape that does not broadcast against the context's, or (while torch
+                validates distribution arguments) NaN or an infinity outside a bounded column.
         """
-        x = checked_values("x", x, self.dtype, self.bounded)
+        x = checked_values("x", x, self.dtype, self.bounded, self.device)
         self._check(x)
         n = len(self.event_shape)
         try:
@@ -434,18 +448,23 @@ class Flow(LazyDistribution):
         tensors = itertools.chain(self.parameters(), self.buffers())  # lazily: the first
         return next((t.dtype for t in tensors if t.is_floating_point()), None)
 
+    def _device(self) -> torch.device | None:
+        """The device of the flow's first parameter or buffer (``None`` without any)."""
+        tensors = itertools.chain(self.parameters(), self.buffers())
+        return next((t.device for t in tensors), None)
+
     def forward(self, c: Tensor | None = None) -> NormalizingFlow:
         r"""The distribution :math:`p(\cdot \mid c)`.
 
         Args:
             c: The context, with shape :math:`(*, C)`, or ``None`` for unconditional flows;
-                integer tensors are converted to the flow's dtype, NaN and infinities are
-                refused while torch validates distribution arguments (see
-                :func:`checked_values`).
+                on the flow's device (else a ``ValueError`` names both); integer tensors are
+                converted to the flow's dtype, NaN and infinities are refused while torch
+                validates distribution arguments (see :func:`checked_values`).
         """
-        dtype = self._dtype()
+        dtype, device = self._dtype(), self._device()
         if c is not None:
-            c = checked_values("context", c, dtype)
+            c = checked_values("context", c, dtype, device=device)
         c = self.embed_context(c)
         parts, bounded = [], None
         if self.support is not None:
@@ -457,7 +476,7 @@ class Flow(LazyDistribution):
             parts.append(standardize)
         parts.extend(t(c) for t in self.transforms)
         return NormalizingFlow(
-            ComposedTransform(*parts), self.base(c), dtype=dtype, bounded=bounded
+            ComposedTransform(*parts), self.base(c), dtype=dtype, bounded=bounded, device=device
         )
 
 
