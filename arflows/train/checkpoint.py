@@ -310,7 +310,8 @@ def resume_state(
             saved["done"],
         )
         generator.set_state(saved["generator"])
-        noise_generator.set_state(saved["noise_generator"].to(noise_generator.device))
+        # Every generator's state is a CPU tensor, a CUDA generator's too.
+        noise_generator.set_state(saved["noise_generator"])
     except (AttributeError, KeyError, RuntimeError, TypeError, ValueError) as error:
         message = " ".join(str(error).split())[:300]
         raise ValueError(

@@ -34,6 +34,7 @@ from .setup import (
     check_options,
     draw_seed,
     join_world,
+    make_optimizer,
     make_scheduler,
     parameters_of,
     prepare,
@@ -195,7 +196,7 @@ def fit(
         warmup,
     )  # fmt: skip
     dtype, device = parameters_of(flow)
-    world = join_world(distributed)
+    world = join_world(distributed, device)
     data = training_rows(flow, x, context, dtype, device, batch_size, workers)
     saved = read_saved(checkpoint, checkpoint_every, resume)
     seed = saved["seed"] if saved is not None else draw_seed(seed, world)
@@ -213,7 +214,7 @@ def fit(
         else:
             best = started  # the classical start competes with the epochs
 
-    optimizer = torch.optim.AdamW(flow.parameters(), lr=lr, weight_decay=weight_decay)
+    optimizer = make_optimizer(flow, lr, weight_decay)
     steps = steps_per_epoch(train, world, batch_size)
     scheduler = make_scheduler(schedule, optimizer, epochs, steps, lr, patience, warmup)
     # Streamed epochs can be long: their bar counts batches, not epochs.

@@ -164,10 +164,12 @@ class TensorRows(Rows):
     ) -> Iterator[Batch]:
         # The noise of all rows at once, so that every process draws the same numbers.
         x = self.x if noise is None else noise(self.x)
-        if generator is None:
-            order = torch.arange(self.rows, device=x.device)
-        else:
-            order = torch.randperm(self.rows, generator=generator).to(x.device)
+        if generator is None:  # in order: views of the rows, no copies
+            for i in range(0, self.rows, batch_size):
+                c = None if self.c is None else world.part(self.c[i : i + batch_size])
+                yield world.part(x[i : i + batch_size]), c
+            return
+        order = torch.randperm(self.rows, generator=generator).to(x.device)
         for i in range(0, self.rows, batch_size):
             idx = world.part(order[i : i + batch_size])
             yield x[idx], None if self.c is None else self.c[idx]
@@ -223,14 +225,23 @@ class _CheckedBatches:
 
 
 class DatasetRows(Rows):
-    """The items of a map-style Dataset (``x`` or ``(x, c)`` per row), fetched by index."""
+    """The items of a map-style Dataset (``x`` or ``(x, c)`` per row), fetched by index.
+
+    With ``pin``, batches come in page-locked memory, so that copies to a GPU run
+    asynchronously.
+    """
 
     shared = False
 
     def __init__(
-        self, dataset: Dataset, dtype: torch.dtype, indices: Tensor | None = None, workers: int = 0
+        self,
+        dataset: Dataset,
+        dtype: torch.dtype,
+        indices: Tensor | None = None,
+        workers: int = 0,
+        pin: bool = False,
     ):
-        self.dataset, self.workers = dataset, workers
+        self.dataset, self.workers, self.pin = dataset, workers, pin
         self.indices = torch.arange(len(dataset)) if indices is None else indices
         self.rows = len(self.indices)
         if self.rows == 0:
@@ -244,8 +255,8 @@ class DatasetRows(Rows):
         va, tr = split_indices(self.rows, (n_valid, self.rows - n_valid), generator)
         dtype = self.check.dtype
         return (
-            DatasetRows(self.dataset, dtype, self.indices[tr], self.workers),
-            DatasetRows(self.dataset, dtype, self.indices[va], self.workers),
+            DatasetRows(self.dataset, dtype, self.indices[tr], self.workers, self.pin),
+            DatasetRows(self.dataset, dtype, self.indices[va], self.workers, self.pin),
         )
 
     def batches(  # noqa: D102
@@ -260,7 +271,10 @@ class DatasetRows(Rows):
         if generator is not None:
             order = order[torch.randperm(self.rows, generator=generator)]
         parts = _Parts(order, batch_size, world)
-        fetched = iter(DataLoader(self.dataset, batch_sampler=parts, num_workers=self.workers))
+        loader = DataLoader(
+            self.dataset, batch_sampler=parts, num_workers=self.workers, pin_memory=self.pin
+        )
+        fetched = iter(loader)
         for i in range(0, self.rows, batch_size):
             if min(batch_size, self.rows - i) <= world.rank:
                 # A global batch with fewer rows than processes leaves this one none.
@@ -396,7 +410,8 @@ def as_rows(
         c: The contexts :math:`(N, C)` of in-memory rows; ``None`` for the others (their
             items carry them).
         dtype: The floating point type of the rows.
-        device: Where in-memory rows are kept.
+        device: Where in-memory rows are kept (a map-style Dataset's batches are pinned
+            for a CUDA device).
         batch_size: The batch size of the DataLoader wrapped around an IterableDataset.
         workers: The worker processes that load the items of a map-style Dataset.
     """
@@ -417,7 +432,7 @@ def as_rows(
     if isinstance(x, Dataset):
         if not hasattr(x, "__len__"):
             raise TypeError(f"expected a Dataset with a length for `{name}`, got {x!r}")
-        return DatasetRows(x, dtype, workers=workers)
+        return DatasetRows(x, dtype, workers=workers, pin=torch.device(device).type == "cuda")
     if isinstance(x, str | os.PathLike):
         raise TypeError(
             f"expected `{name}` to hold numbers or be a `.parquet` file to stream (read other "

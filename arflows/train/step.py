@@ -85,8 +85,8 @@ class Step:
         lp = self.log_prob(x, c)
         if not self.world.active:
             loss = -lp.mean()
-            value = -loss.item()
-            return loss, lambda: (value, len(x))
+            # Read after the backward pass: on a GPU, one wait per step, with the norm's.
+            return loss, lambda: (-loss.item(), len(x))
         # Summed while the backward pass runs; read before the step.
         finish = self.world.start_sum(torch.stack([lp.detach().sum(), lp.new_tensor(len(x))]))
         if self.global_rows is None:  # each process's own rows: DDP averages their means
@@ -131,22 +131,26 @@ class Step:
                     break
                 if batch is None:
                     break
-                x, c = batch
-                loss, result = self._loss(x.to(device), None if c is None else c.to(device), step)
-                if world.active:  # the sums over processes arrive during the backward pass
-                    self.optimizer.zero_grad()
-                    loss.backward()
-                value, rows = result()
-                if not math.isfinite(value):  # all processes see the same sums: all stop here
-                    return total, seen, f"the loss became {-value} at epoch {epoch}, step {step}"
-                if not world.active:
-                    self.optimizer.zero_grad()
-                    loss.backward()
+                x, c = (None if t is None else _to(t, device) for t in batch)
+                loss, result = self._loss(x, c, step)
+                # In a distributed fit the sums over processes arrive during the backward pass.
+                self.optimizer.zero_grad()
+                loss.backward()
+                norm = None
                 if self.clip_grad is not None:
                     norm = torch.nn.utils.clip_grad_norm_(flow.parameters(), self.clip_grad)
-                    if not torch.isfinite(norm):
-                        where = f"at epoch {epoch}, step {step}"
-                        return total, seen, f"the gradient norm became {norm.item()} {where}"
+                # The checks read the device once per step (a non-finite loss's backward pass
+                # and clipping change no weight); all processes see the same sums and norm.
+                value, rows = result()
+                norm = None if norm is None else norm.item()
+                failure = None
+                if not math.isfinite(value):
+                    failure = f"the loss became {-value}"
+                elif norm is not None and not math.isfinite(norm):
+                    failure = f"the gradient norm became {norm}"
+                if failure is not None:
+                    self.optimizer.zero_grad()  # no non-finite gradient is left behind
+                    return total, seen, f"{failure} at epoch {epoch}, step {step}"
                 self.optimizer.step()
                 if self.scheduler is not None:
                     self.scheduler.step()
@@ -159,10 +163,16 @@ class Step:
                     after_step(step, total, seen)
         finally:
             flow.eval()
-        if not all(p.isfinite().all() for p in flow.parameters()):
+        if not bool(torch.stack([p.isfinite().all() for p in flow.parameters()]).all()):
             # A finite loss with a non-finite gradient (no clipping) poisons the weights.
             return total, seen, f"the weights became non-finite at epoch {epoch}, step {step}"
         return total, seen, None
+
+
+def _to(t: Tensor, device: torch.device) -> Tensor:
+    """``t`` on ``device``; copied asynchronously from the host (pinned rows overlap)."""
+    # Never from a device to the host: that copy could still be running when it is read.
+    return t.to(device, non_blocking=t.device.type == "cpu")
 
 
 def _data_parallel(module: nn.Module, flow: Flow, device: torch.device) -> nn.Module:
