@@ -58,8 +58,12 @@ def _device(name: str) -> torch.device:
         raise ValueError(f"unknown --device {name!r}: {error}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was given but CUDA is not available")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(
+            f"--device {name}: there is no such GPU ({torch.cuda.device_count()} visible: "
+            f"cuda:0 to cuda:{torch.cuda.device_count() - 1})"
+        )
     return device
-
 
 
 # --- the run --------------------------------------------------------------------------------
@@ -110,9 +114,7 @@ def _fit_in(world: World, device: torch.device, args: argparse.Namespace) -> int
     return 0
 
 
-def _fit_folds(
-    args: argparse.Namespace, data: Splits, target: Path, device: torch.device
-) -> int:
+def _fit_folds(args: argparse.Namespace, data: Splits, target: Path, device: torch.device) -> int:
     """``--folds K``: the training length chosen by K-fold cross-validation on the train rows."""
     if args.stream or args.resume or not isinstance(data.train, tuple):
         raise ValueError("--folds needs rows in memory: drop --stream and --resume")
@@ -182,6 +184,7 @@ def _fit_auto(args: argparse.Namespace, data: Splits, target: Path, device: torc
             x, c, valid=data.valid, budget=args.budget, seed=args.seed,
             dequantize=data.dequantize or None, support=support,
             progress=not args.no_progress, report=lambda row: print(candidate_line(row)),
+            device=device,
         )  # fmt: skip
     print(f"selected: {next(row['candidate'] for row in table if row['selected'])}")
     _save(args, data, flow, history, target, candidates=table)
@@ -297,8 +300,6 @@ def _fit_metadata(args: argparse.Namespace, data: Splits, split_scores: dict) ->
             "stream": bool(args.stream),
         }
     return metadata
-
-
 
 
 def _fit_target(args: argparse.Namespace) -> tuple[Path, Path]:

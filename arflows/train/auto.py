@@ -82,6 +82,7 @@ def fit_auto(
     support: Sequence | None = None,
     progress: bool = False,
     report: Callable[[dict], None] | None = None,
+    device: torch.device | str = "cpu",
 ) -> tuple[Flow, History, list[dict]]:
     r"""Fits each candidate within its share of ``budget`` and returns the best on ``valid``.
 
@@ -97,6 +98,7 @@ def fit_auto(
         support: Bounded columns (see :class:`arflows.Flow`), for every candidate.
         progress: Whether to show each fit's progress bar.
         report: Called with each candidate's row of the table as soon as it is fitted.
+        device: Where the candidates are built and trained (the rows follow them).
 
     Returns:
         The fitted best flow, its :class:`History`, and the table of candidates: one dict
@@ -119,7 +121,7 @@ def fit_auto(
         if support is not None:
             options["support"] = support
         torch.manual_seed(seed)
-        flow = build(candidate.family, features, ctx, **options)
+        flow = build(candidate.family, features, ctx, **options).to(device)
         history = _fit_for(flow, x, context, valid, sized, share, seed, dequantize, progress)
         score = _kept_score(history)
         row = {
