@@ -450,15 +450,18 @@ def _build(cls: type[Flow], arguments: dict) -> Flow:
     return cls(*positional, *arguments.pop(star.name), **arguments)
 
 
-def load(directory: str | os.PathLike) -> Flow:
+def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> Flow:
     r"""Loads a flow saved by :func:`save`, in evaluation mode and its saved dtype.
 
     Nothing is unpickled: the weights are read with ``safetensors`` and the flow is rebuilt
     from ``config.json``. The saved ``columns``, ``context_columns`` and ``metadata`` are
-    set on the flow (see :class:`~arflows.Flow`).
+    set on the flow (see :class:`~arflows.Flow`). A model directory holds CPU tensors
+    whatever device the flow was trained on, so a flow trained on a GPU loads anywhere.
 
     Args:
         directory: The model directory.
+        device: Where to put the flow (``"cpu"``, ``"cuda"``, ``"cuda:1"``, a
+            :class:`torch.device`).
 
     Returns:
         The flow.
@@ -471,6 +474,7 @@ def load(directory: str | os.PathLike) -> Flow:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    device = _device(device)
     path = Path(directory)
     config = read_config(path)
     cls = _flow_class(config["flow"], path / CONFIG)
@@ -512,4 +516,16 @@ def load(directory: str | os.PathLike) -> Flow:
     flow.columns = config.get("columns")
     flow.context_columns = config.get("context_columns")
     flow.metadata = config.get("metadata") or {}
-    return flow.eval()
+    return flow.to(device).eval()
+
+
+def _device(device: object) -> torch.device:
+    """``device`` as a torch device that exists here, or a ``ValueError``."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"expected a device such as 'cpu' or 'cuda', got {device!r}") from error
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        available = torch.cuda.device_count()
+        raise ValueError(f"cannot load onto {device}: {available} CUDA device(s) available")
+    return device
