@@ -63,6 +63,8 @@ class Step:
     ):
         self.log_prob: nn.Module | None = log_prob
         self.flow, self.optimizer, self.scheduler = flow, optimizer, scheduler
+        # Listed once: walking the flow's modules for them costs as much as clipping.
+        self.params = list(flow.parameters())
         self.clip_grad = clip_grad
         self.world = World() if world is None else world
         self.uneven, self.tick, self.global_rows, self.done = uneven, tick, global_rows, done
@@ -138,7 +140,7 @@ class Step:
                 loss.backward()
                 norm = None
                 if self.clip_grad is not None:
-                    norm = torch.nn.utils.clip_grad_norm_(flow.parameters(), self.clip_grad)
+                    norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip_grad)
                 # The checks read the device once per step (a non-finite loss's backward pass
                 # and clipping change no weight); all processes see the same sums and norm.
                 value, rows = result()
@@ -163,7 +165,7 @@ class Step:
                     after_step(step, total, seen)
         finally:
             flow.eval()
-        if not bool(torch.stack([p.isfinite().all() for p in flow.parameters()]).all()):
+        if not bool(torch.stack([p.isfinite().all() for p in self.params]).all()):
             # A finite loss with a non-finite gradient (no clipping) poisons the weights.
             return total, seen, f"the weights became non-finite at epoch {epoch}, step {step}"
         return total, seen, None
