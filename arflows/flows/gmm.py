@@ -349,7 +349,8 @@ def _kmeans_pp(x: Tensor, k: int, generator: torch.Generator) -> Tensor:
     for _ in range(1, k):
         d2 = torch.cdist(x, centers).square().amin(1)
         if float(d2.sum()) > 0:
-            pick = torch.multinomial(d2 / d2.sum(), 1, generator=generator)
+            # Drawn on the CPU, where the generator is: the same centres on every device.
+            pick = torch.multinomial((d2 / d2.sum()).cpu(), 1, generator=generator)
         else:  # every row on a centre already: any row
             pick = torch.randint(n, (1,), generator=generator)
         centers = torch.cat((centers, x[pick]))
