@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 import arflows
 from arflows import MAF, NSF
 from arflows.cli import main
-from arflows.flows import log_prob
+from arflows.flows import fit_gaussian_mixture, log_prob
 from arflows.nn import MADE
 from arflows.train import fit
 
@@ -85,6 +85,18 @@ def test_the_sweep_inverse_agrees_with_the_naive_one_on_the_gpu(family):
         f().transform.inv(z).square().sum().backward()
         grads.append(torch.cat([p.grad.flatten() for p in f.parameters()]))
     assert torch.allclose(grads[0], grads[1], rtol=1e-6, atol=1e-6)
+
+
+def test_the_classical_start_on_the_gpu_is_the_cpu_one():
+    x = rows(500, 3).double()
+    on_gpu = fit_gaussian_mixture(x.to(DEVICE), 3, seed=1)
+    on_cpu = fit_gaussian_mixture(x, 3, seed=1)  # the same seeding: drawn on the CPU
+    assert on_gpu.means.device == DEVICE
+    assert torch.allclose(on_gpu.means.cpu(), on_cpu.means, rtol=1e-6, atol=1e-8)
+    torch.manual_seed(0)
+    flow = MAF(3, transforms=2, hidden_features=(16,), base="gmm", components=4, marginals=True)
+    history = fit(flow.to(DEVICE), rows(500, 3), epochs=2, **QUIET)  # EM and marginals there
+    assert history.start is not None and history.stopped_nonfinite is None
 
 
 def test_block_and_dense_products_agree_on_the_gpu():
