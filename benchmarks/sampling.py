@@ -1,21 +1,28 @@
-r"""Sampling, density and training speed of affine MAFs: arflows against zuko, nflows and Pyro.
+r"""Sampling, density and training speed of MAFs and NSFs: arflows against zuko, nflows,
+normflows and Pyro, timed interleaved in one run.
 
-Every library builds the same flow: 5 affine autoregressive layers, each conditioned by a
-MADE with two hidden layers (D -> H -> H -> 2D, ReLU), on a standard normal base. For each
-size (D, H) the script times, on N points,
+Every library builds the same flow (see ``speed_models.py``): 5 affine autoregressive layers,
+each conditioned by a MADE with two hidden layers (D -> H -> H -> 2D, ReLU), with alternating
+feature orders, on a standard normal base. For each size (D, H) the script times
 
-* ``log_prob``: the parallel (data -> noise) direction, one network pass per layer;
-* ``sample``: the sequential direction. arflows uses its default inverse (the one-sweep exact
-  MADE inverse) and, as ``arflows-passes``, the naive fixed-point inverse (D network passes
-  per layer), which is what the peers do;
-* ``train``: one maximum-likelihood step on a batch (log_prob, backward, Adam step);
+* ``log_prob`` on 10,000 points: the parallel (data -> noise) direction, one network pass per
+  layer;
+* ``sample`` of 2,000 points: the sequential direction. arflows uses its default inverse (the
+  one-sweep exact MADE inverse) and, as ``arflows-passes``, the naive fixed-point inverse (D
+  network passes per layer), which is what the peers do;
+* ``train``: one maximum-likelihood step on a batch of 512 (log_prob, backward, Adam step);
 
 and a dense reference: 5 plain ``nn.Sequential`` MLPs of the same shape on the same points,
-the ceiling that a masked network can at best match.
+the ceiling that a masked network can at best match. Spline rows (``-nsf``) run at D = 8.
+
+The calls of one operation are timed **interleaved**: every round calls each library once
+(in a rotated order), and each time is the median over the rounds, so that a slow period of
+the machine hits every library alike and the ratios stay meaningful on a busy machine.
 
 Usage::
 
-    python benchmarks/sampling.py [--quick] [--device cpu|cuda] [--out benchmarks/results]
+    python benchmarks/sampling.py [--quick] [--only train,log_prob] [--features 8 64]
+        [--threads 1 2] [--clock wall|cpu] [--tag NAME] [--device cpu|cuda]
 
 Peers whose import fails are skipped with a note. See ``benchmarks/README.md``.
 """
@@ -27,7 +34,6 @@ import datetime
 import importlib.metadata
 import json
 import math
-import os
 import platform
 import statistics
 import sys
@@ -37,310 +43,26 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from machine import cpu_model  # benchmarks/machine.py (run as a script)
-from torch import Tensor, nn
+from machine import cpu_model, run_state  # benchmarks/machine.py (run as a script)
+from speed_models import (
+    ADAPTERS,
+    MAF_PEERS,
+    TRANSFORMS,
+    Model,
+    Unsupported,
+    available_adapters,
+    reinitialize,
+)
+from torch import Tensor
 
-TRANSFORMS = 5
-N_POINTS = 10_000
-BATCH = 512
-LR = 1e-3
+N_POINTS = {"log_prob": 10_000, "sample": 2_000, "train": 512}
+OPS = tuple(N_POINTS)
 SIZES = ((8, 128), (64, 512), (256, 1024))
 QUICK_SIZES = SIZES[:2]
-BINS = 8
 SPLINE_SIZES = {(8, 128)}  # the spline rows (names ending in -nsf) run at these sizes only
 PILOT_SECONDS = 0.5  # the pilot grows its batch until one call takes this long
-MIN_TIMED = 1_000  # a scaled measurement still times at least this many points
-
-
-# --------------------------------------------------------------------------- models
-
-
-class Model(nn.Module):
-    """A built flow with the common interface: ``log_prob(x)``, ``sample(n)``, ``train_step(x)``.
-
-    Subclasses define ``log_prob`` and ``sample``; ``train_step`` is the same for all: the
-    negative mean log-likelihood, its gradient and one Adam step.
-    """
-
-    can_sample = True
-    optimizer: torch.optim.Optimizer | None = None
-
-    def prepare(self, device: torch.device) -> Model:
-        """Moves the model to ``device``, then makes its optimizer (on the moved parameters)."""
-        self.to(device)
-        self.optimizer = torch.optim.Adam(self.parameters(), lr=LR)
-        return self
-
-    def log_prob(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def sample(self, n: int) -> Tensor:
-        raise NotImplementedError
-
-    def diagnostics(self) -> str:
-        """A note on how this model computed its results (empty by default)."""
-        return ""
-
-    def loss(self, x: Tensor) -> Tensor:
-        return -self.log_prob(x).mean()
-
-    def train_step(self, x: Tensor) -> Tensor:
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = self.loss(x)
-        loss.backward()
-        self.optimizer.step()
-        return loss.detach()
-
-
-class LazyFlowModel(Model):
-    """arflows and zuko: a lazy flow module; ``flow()`` returns a torch distribution."""
-
-    def __init__(self, flow: nn.Module):
-        super().__init__()
-        self.flow = flow
-
-    def log_prob(self, x: Tensor) -> Tensor:
-        return self.flow().log_prob(x)
-
-    def sample(self, n: int) -> Tensor:
-        return self.flow().sample((n,))
-
-
-class ArflowsModel(LazyFlowModel):
-    """arflows: a lazy flow, plus the fixed-point passes its inverses use (a diagnostic)."""
-
-    def diagnostics(self) -> str:
-        used = []
-        with torch.no_grad():
-            z = self.flow().base.sample((64,))
-            for lazy in reversed(self.flow.transforms):
-                transform = lazy()
-                z = transform.inv(z)
-                used.append(getattr(transform, "passes_used", None))
-        if all(u is None for u in used):
-            return ""
-        return "fixed-point passes used per layer: " + ", ".join(map(str, used))
-
-
-class NflowsModel(Model):
-    """nflows: ``Flow.log_prob(inputs)`` and ``Flow.sample(num_samples)``."""
-
-    def __init__(self, flow: nn.Module):
-        super().__init__()
-        self.flow = flow
-
-    def log_prob(self, x: Tensor) -> Tensor:
-        return self.flow.log_prob(x)
-
-    def sample(self, n: int) -> Tensor:
-        return self.flow.sample(n)
-
-
-class PyroModel(Model):
-    """Pyro: a ``TransformedDistribution`` rebuilt around the layers on every call."""
-
-    def __init__(self, layers: list[nn.Module], features: int):
-        super().__init__()
-        self.layers = nn.ModuleList(layers)
-        self.register_buffer("loc", torch.zeros(features))
-
-    def dist(self):  # noqa: ANN201
-        import pyro.distributions as pdist
-
-        base = pdist.Normal(self.loc, torch.ones_like(self.loc)).to_event(1)
-        # Pyro's AffineAutoregressive maps x -> y = mu(x) + sigma(x) * x: its forward is the
-        # parallel direction and its inverse the sequential one (D passes). A Pyro
-        # TransformedDistribution samples with the forward maps and scores with the inverses,
-        # so using the layers as given would be an IAF (fast sample, slow log_prob). For the
-        # MAF direction (fast log_prob, as in every other library here) we hand it the
-        # inverses `.inv`, last layer first: log_prob(x) then runs each layer forward on x
-        # (data -> noise, one pass) and sample runs each layer's D-pass inverse.
-        return pdist.TransformedDistribution(base, [t.inv for t in reversed(self.layers)])
-
-    def log_prob(self, x: Tensor) -> Tensor:
-        return self.dist().log_prob(x)
-
-    def sample(self, n: int) -> Tensor:
-        return self.dist().sample((n,))
-
-
-class DenseModel(Model):
-    """Reference: 5 unmasked MLPs D -> H -> H -> P D applied to the points (no sampling)."""
-
-    can_sample = False
-
-    def __init__(self, features: int, hidden: int, params: int = 2):
-        super().__init__()
-        self.mlps = nn.ModuleList(
-            nn.Sequential(
-                nn.Linear(features, hidden),
-                nn.ReLU(),
-                nn.Linear(hidden, hidden),
-                nn.ReLU(),
-                nn.Linear(hidden, params * features),
-            )
-            for _ in range(TRANSFORMS)
-        )
-
-    def log_prob(self, x: Tensor) -> Tensor:
-        return sum(mlp(x).sum(-1) for mlp in self.mlps)
-
-    def loss(self, x: Tensor) -> Tensor:
-        return sum(mlp(x).square().mean() for mlp in self.mlps)
-
-
-# --------------------------------------------------------------------------- adapters
-
-
-class Unsupported(Exception):
-    """A library or option is not available in this environment."""
-
-
-def build_arflows(features: int, hidden: int) -> Model:
-    import arflows
-
-    return ArflowsModel(
-        arflows.MAF(features, transforms=TRANSFORMS, hidden_features=(hidden,) * 2)
-    )
-
-
-def build_arflows_passes(features: int, hidden: int) -> Model:
-    import arflows
-
-    try:
-        flow = arflows.MAF(
-            features, transforms=TRANSFORMS, hidden_features=(hidden,) * 2, inverse="passes"
-        )
-    except TypeError as error:
-        raise Unsupported(
-            f"arflows.MAF(..., inverse='passes') is not available ({error}); "
-            "the default inverse is timed as `arflows`"
-        ) from error
-    return ArflowsModel(flow)
-
-
-def build_arflows_dense(features: int, hidden: int) -> Model:
-    import arflows
-    from arflows.nn import MADE
-
-    flow = arflows.MAF(features, transforms=TRANSFORMS, hidden_features=(hidden,) * 2)
-    for module in flow.modules():
-        if isinstance(module, MADE):
-            module.blocks = None  # always the dense masked products, never the block path
-    return ArflowsModel(flow)
-
-
-def build_zuko(features: int, hidden: int) -> Model:
-    import zuko
-
-    return LazyFlowModel(
-        zuko.flows.MAF(features, transforms=TRANSFORMS, hidden_features=(hidden,) * 2)
-    )
-
-
-def build_nflows(features: int, hidden: int) -> Model:
-    from nflows.distributions.normal import StandardNormal
-    from nflows.flows.base import Flow
-    from nflows.transforms.autoregressive import MaskedAffineAutoregressiveTransform
-    from nflows.transforms.base import CompositeTransform
-    from nflows.transforms.permutations import ReversePermutation
-
-    layers = []
-    for i in range(TRANSFORMS):
-        if i > 0:
-            layers.append(ReversePermutation(features))
-        # num_blocks=1 without residual blocks is D -> H -> H -> 2D with two ReLUs, the same
-        # network as the others (nflows' default, 2 residual blocks, has 5 linear layers).
-        layers.append(
-            MaskedAffineAutoregressiveTransform(
-                features, hidden, num_blocks=1, use_residual_blocks=False
-            )
-        )
-    return NflowsModel(Flow(CompositeTransform(layers), StandardNormal([features])))
-
-
-def build_pyro(features: int, hidden: int) -> Model:
-    from pyro.distributions.transforms import AffineAutoregressive
-    from pyro.nn import AutoRegressiveNN
-
-    # Alternating natural and reversed orders, as the other libraries, not Pyro's random ones.
-    orders = [torch.arange(features), torch.arange(features - 1, -1, -1)]
-    layers = [
-        AffineAutoregressive(
-            AutoRegressiveNN(features, [hidden, hidden], permutation=orders[i % 2])
-        )
-        for i in range(TRANSFORMS)
-    ]
-    return PyroModel(layers, features)
-
-
-def build_dense(features: int, hidden: int) -> Model:
-    return DenseModel(features, hidden)
-
-
-def build_arflows_nsf(features: int, hidden: int) -> Model:
-    import arflows
-
-    return ArflowsModel(
-        arflows.NSF(features, transforms=TRANSFORMS, hidden_features=(hidden,) * 2, bins=BINS)
-    )
-
-
-def build_zuko_nsf(features: int, hidden: int) -> Model:
-    import zuko
-
-    return LazyFlowModel(
-        zuko.flows.NSF(features, transforms=TRANSFORMS, hidden_features=(hidden,) * 2, bins=BINS)
-    )
-
-
-def build_dense_nsf(features: int, hidden: int) -> Model:
-    # A spline of K bins has 3K - 1 parameters per feature (widths, heights, inner slopes).
-    return DenseModel(features, hidden, params=3 * BINS - 1)
-
-
-ADAPTERS: dict[str, Callable[[int, int], Model]] = {
-    "arflows": build_arflows,
-    "arflows-passes": build_arflows_passes,
-    "arflows-dense": build_arflows_dense,
-    "zuko": build_zuko,
-    "nflows": build_nflows,
-    "pyro": build_pyro,
-    "dense": build_dense,
-    "arflows-nsf": build_arflows_nsf,
-    "zuko-nsf": build_zuko_nsf,
-    "dense-nsf": build_dense_nsf,
-}
-PEER_MODULES = {"zuko": "zuko", "nflows": "nflows", "pyro": "pyro", "zuko-nsf": "zuko"}
-
-
-def available_adapters(names: list[str]) -> tuple[list[str], list[str]]:
-    """The adapters whose library imports, and a note for each one that does not."""
-    keep, notes = [], []
-    for name in names:
-        module = PEER_MODULES.get(name)
-        if module is None:
-            keep.append(name)
-            continue
-        try:
-            __import__(module)
-        except Exception as error:  # any import failure (not only ImportError) means skip
-            notes.append(f"{name}: skipped, `import {module}` failed ({error!r})")
-            continue
-        keep.append(name)
-    return keep, notes
-
-
-def reinitialize(model: nn.Module) -> None:
-    """Gives every linear layer (masked ones included) PyTorch's default initialisation.
-
-    Libraries initialise differently: arflows zero-initialises each MADE's last layer, so its
-    flows start at the identity, where the fixed-point inverse stops after two passes. Timing
-    a non-identity flow, initialised the same way in every library, keeps the comparison fair.
-    """
-    for module in model.modules():
-        if isinstance(module, nn.Linear):
-            module.reset_parameters()
+MIN_TIMED = 200  # a scaled measurement still times at least this many points
+MIN_ROUNDS = 3
 
 
 # --------------------------------------------------------------------------- timing
@@ -348,10 +70,10 @@ def reinitialize(model: nn.Module) -> None:
 
 @dataclass
 class Budget:
-    """How long to spend: per measurement, per case and in total (seconds)."""
+    """How long to spend: rounds per operation, per-operation and total time (seconds)."""
 
-    max_repeats: int
-    case_seconds: float  # aim for all repeats of one case to take about this long
+    max_rounds: int
+    case_seconds: float  # aim for all rounds of one operation at one size to take this long
     max_seconds: float  # a call predicted slower is timed on fewer points, scaled linearly
     total_seconds: float
     start: float = field(default_factory=time.perf_counter)
@@ -383,12 +105,17 @@ class Measurement:
         return self.n_timed != self.n
 
 
-def time_call(fn: Callable[[int], object], n: int, sync: Callable[[], None]) -> float:
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def time_call(
+    fn: Callable[[int], object], n: int, sync: Callable[[], None], clock: Callable[[], float]
+) -> float:
     sync()
-    start = time.perf_counter()
+    start = clock()
     fn(n)
     sync()
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def round_down(n: int) -> int:
@@ -397,48 +124,68 @@ def round_down(n: int) -> int:
     return n // unit * unit
 
 
-def pilot(fn: Callable[[int], object], n: int, sync: Callable[[], None]) -> tuple[int, float]:
+def pilot(
+    fn: Callable[[int], object], n: int, sync: Callable[[], None], clock: Callable[[], float]
+) -> tuple[int, float]:
     """Warms up on a growing batch until one call takes ``PILOT_SECONDS`` or ``n`` is reached.
 
     Returns:
-        The last pilot size and its time, from which the full time is extrapolated.
+        The last pilot size and its time (the faster of two calls), to extrapolate from.
     """
     m = min(n, 16)
     while True:
-        seconds = time_call(fn, m, sync)
-        if m == n:
-            return m, seconds
-        if seconds > PILOT_SECONDS:
-            # The extrapolation decides how many points to time: take the faster of two calls,
-            # so that one call slowed by another process does not shrink the measurement.
-            return m, min(seconds, time_call(fn, m, sync))
+        seconds = time_call(fn, m, sync, clock)
+        if m == n or seconds > PILOT_SECONDS:
+            # The faster of two calls, so that one call slowed by another process does not
+            # shrink the measurement (the second call is also the full-size warm-up).
+            return m, min(seconds, time_call(fn, m, sync, clock))
         m = min(n, 4 * m)
 
 
-def measure(
-    fn: Callable[[int], object], n: int, budget: Budget, sync: Callable[[], None]
-) -> Measurement:
-    """Times ``fn(n)``: pilot and warm-up, then the median of a few repeats.
+def measure_interleaved(
+    calls: dict[str, Callable[[int], object]],
+    n: int,
+    budget: Budget,
+    sync: Callable[[], None],
+    clock: Callable[[], float],
+) -> dict[str, Measurement]:
+    """Times every ``calls[name](n)`` in rounds, one call of each per round; medians.
 
-    A call predicted to take longer than ``budget.max_seconds`` is timed on fewer points (at
-    least ``MIN_TIMED``) and scaled linearly to ``n``: every operation here costs a fixed
-    overhead plus a part linear in the points, and from ``MIN_TIMED`` points on the linear
-    part dominates.
+    Each call is first warmed up by a pilot on growing batches; one predicted to take longer
+    than ``budget.max_seconds`` is timed on fewer points (at least ``MIN_TIMED``) and scaled
+    linearly to ``n``: every operation here costs a fixed overhead plus a part linear in the
+    points, and the linear part dominates there. The number of rounds fits the case's time
+    budget (between ``MIN_ROUNDS`` and ``budget.max_rounds``; 1 once the total is spent).
     """
-    m, seconds = pilot(fn, n, sync)
-    predicted = seconds * n / m
+    n_timed, expected = {}, {}
     max_seconds = budget.max_seconds / (4 if budget.over() else 1)
-    n_timed = n
-    if predicted > max_seconds:
-        n_timed = max(min(n, MIN_TIMED), round_down(int(n * max_seconds / predicted)))
-    expected = seconds * n_timed / m
-    repeats = max(1, min(budget.max_repeats, int(budget.case_seconds / max(expected, 1e-9))))
-    if budget.over():
-        repeats = 1
-    if m < n_timed and expected * (repeats + 1) <= budget.case_seconds:
-        time_call(fn, n_timed, sync)  # a full-size warm-up only where it is cheap
-    times = [time_call(fn, n_timed, sync) for _ in range(repeats)]
-    return Measurement(statistics.median(times) * n / n_timed, n, n_timed, repeats, times)
+    for name, fn in calls.items():
+        m, seconds = pilot(fn, n, sync, clock)
+        predicted = seconds * n / m
+        n_timed[name] = n
+        if predicted > max_seconds:
+            n_timed[name] = max(min(n, MIN_TIMED), round_down(int(n * max_seconds / predicted)))
+        expected[name] = seconds * n_timed[name] / m
+        if m < n_timed[name]:
+            time_call(fn, n_timed[name], sync, clock)  # a warm-up at the timed size
+    round_seconds = max(sum(expected.values()), 1e-9)
+    rounds = int(budget.case_seconds / round_seconds)
+    rounds = 1 if budget.over() else max(MIN_ROUNDS, min(budget.max_rounds, rounds))
+    names = list(calls)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:  # rotated order
+            times[name].append(time_call(calls[name], n_timed[name], sync, clock))
+    return {
+        name: Measurement(
+            statistics.median(times[name]) * n / n_timed[name],
+            n,
+            n_timed[name],
+            rounds,
+            times[name],
+        )
+        for name in names
+    }
 
 
 # --------------------------------------------------------------------------- running
@@ -446,20 +193,21 @@ def measure(
 
 @dataclass
 class Result:
-    """The measurements of one library at one size."""
+    """The measurements of one library at one size and thread count."""
 
     library: str
     features: int
     hidden: int
+    threads: int
     log_prob: Measurement | None = None
     sample: Measurement | None = None
     train: Measurement | None = None
     note: str = ""
 
 
-def benchmark_model(
-    model: Model, x: Tensor, batch: Tensor, budget: Budget, sync: Callable[[], None]
-) -> dict[str, Measurement]:
+def operations(model: Model, x: Tensor, batch: Tensor) -> dict[str, Callable[[int], object]]:
+    """The timed calls of one model, by operation, each on the first ``m`` points."""
+
     def log_prob(m: int) -> Tensor:
         with torch.no_grad():
             return model.log_prob(x[:m])
@@ -471,11 +219,10 @@ def benchmark_model(
     def train(m: int) -> Tensor:
         return model.train_step(batch[:m])
 
-    out = {"log_prob": measure(log_prob, len(x), budget, sync)}
+    ops = {"log_prob": log_prob, "train": train}
     if model.can_sample:
-        out["sample"] = measure(sample, len(x), budget, sync)
-    out["train"] = measure(train, len(batch), budget, sync)
-    return out
+        ops["sample"] = sample
+    return ops
 
 
 def check(model: Model, features: int) -> str:
@@ -491,21 +238,23 @@ def check(model: Model, features: int) -> str:
 
 def run_size(
     names: list[str],
+    ops: list[str],
     features: int,
     hidden: int,
     budget: Budget,
     device: torch.device,
-    sync: Callable[[], None],
+    clock: Callable[[], float],
 ) -> list[Result]:
+    """Builds every library's model at one size, then times each operation interleaved."""
+    sync = synchronizer(device)
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(N_POINTS, features, generator=generator).to(device)
-    batch = torch.randn(BATCH, features, generator=generator).to(device)
-    results = []
+    x = torch.randn(N_POINTS["log_prob"], features, generator=generator).to(device)
+    batch = torch.randn(N_POINTS["train"], features, generator=generator).to(device)
+    results, calls = {}, {}
     for name in names:
         if name.endswith("-nsf") and (features, hidden) not in SPLINE_SIZES:
             continue
         torch.manual_seed(0)
-        result = Result(name, features, hidden)
         try:
             model = ADAPTERS[name](features, hidden)
         except Unsupported as error:
@@ -513,32 +262,33 @@ def run_size(
             continue
         reinitialize(model)
         model.prepare(device)
-        result.note = check(model, features)
-        for op, measurement in benchmark_model(model, x, batch, budget, sync).items():
-            setattr(result, op, measurement)
-        print(f"  {name:15s} {summary(result)}  [{budget.elapsed():.0f} s]", flush=True)
-        results.append(result)
-    return results
+        results[name] = Result(name, features, hidden, torch.get_num_threads())
+        results[name].note = check(model, features)
+        calls[name] = operations(model, x, batch)
+    for op in ops:
+        timed = {name: c[op] for name, c in calls.items() if op in c}
+        if not timed:
+            continue
+        for name, m in measure_interleaved(timed, N_POINTS[op], budget, sync, clock).items():
+            setattr(results[name], op, m)
+        line = ", ".join(f"{name} {m.seconds * 1e3:.4g}" for name, m in _op(results, op).items())
+        print(f"  {op} (ms): {line}  [{budget.elapsed():.0f} s]", flush=True)
+    return list(results.values())
 
 
-def summary(result: Result) -> str:
-    parts = []
-    for op in ("log_prob", "sample", "train"):
-        m = getattr(result, op)
-        if m is not None:
-            mark = f" (n={m.n_timed}, scaled)" if m.scaled else ""
-            parts.append(f"{op} {m.seconds:.4g} s{mark}")
-    return ", ".join(parts)
+def _op(results: dict[str, Result], op: str) -> dict[str, Measurement]:
+    return {name: getattr(r, op) for name, r in results.items() if getattr(r, op) is not None}
 
 
 # --------------------------------------------------------------------------- reporting
 
 COLUMNS = (
+    "threads",
     "D",
     "H",
     "library",
-    "log_prob (s)",
-    "sample (s)",
+    "log_prob (ms)",
+    "sample (ms)",
     "train step (ms)",
     "sample / log_prob",
     "log_prob / dense",
@@ -549,40 +299,48 @@ COLUMNS = (
 )
 
 
-def ratio(a: Measurement | None, b: Measurement | None) -> str:
+def ratio(a: Measurement | None, b: Measurement | None) -> float | None:
     if a is None or b is None or b.seconds == 0:
-        return "–"
-    return f"{a.seconds / b.seconds:.3g}"
+        return None
+    return a.seconds / b.seconds
 
 
-def cell(m: Measurement | None, scale: float = 1.0) -> str:
+def fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3g}"
+
+
+def cell(m: Measurement | None) -> str:
     if m is None:
         return "–"
-    return f"{m.seconds * scale:.3g}" + (" †" if m.scaled else "")
+    return f"{m.seconds * 1e3:.4g}" + (" †" if m.scaled else "")
+
+
+def _key(r: Result) -> tuple[int, int, int]:
+    return r.threads, r.features, r.hidden
 
 
 def table_rows(results: list[Result]) -> list[list[str]]:
     rows = []
-    by_key = {(r.features, r.hidden, r.library): r for r in results}
+    by_key = {(*_key(r), r.library): r for r in results}
     for r in results:
-        size = (r.features, r.hidden)
-        ref = by_key.get((*size, "arflows"))
-        passes = by_key.get((*size, "arflows-passes"))
-        dense = by_key.get((*size, "dense-nsf" if r.library.endswith("-nsf") else "dense"))
+        ref = by_key.get((*_key(r), "arflows"))
+        passes = by_key.get((*_key(r), "arflows-passes"))
+        dense = by_key.get((*_key(r), "dense-nsf" if r.library.endswith("-nsf") else "dense"))
         rows.append(
             [
+                str(r.threads),
                 str(r.features),
                 str(r.hidden),
                 r.library + (" *" if r.note else ""),
                 cell(r.log_prob),
                 cell(r.sample),
-                cell(r.train, 1e3),
-                ratio(r.sample, r.log_prob),
-                ratio(r.log_prob, dense and dense.log_prob),
-                ratio(r.log_prob, ref and ref.log_prob),
-                ratio(r.sample, ref and ref.sample),
-                ratio(r.sample, passes and passes.sample),
-                ratio(r.train, ref and ref.train),
+                cell(r.train),
+                fmt(ratio(r.sample, r.log_prob)),
+                fmt(ratio(r.log_prob, dense and dense.log_prob)),
+                fmt(ratio(r.log_prob, ref and ref.log_prob)),
+                fmt(ratio(r.sample, ref and ref.sample)),
+                fmt(ratio(r.sample, passes and passes.sample)),
+                fmt(ratio(r.train, ref and ref.train)),
             ]
         )
     return rows
@@ -595,36 +353,92 @@ def markdown_table(results: list[Result]) -> str:
 
 
 def model_notes(results: list[Result]) -> list[str]:
-    """The notes of the rows marked ``*``."""
-    return [f"D={r.features} {r.library}: {r.note}" for r in results if r.note]
+    """The notes of the rows marked ``*`` (once per library and size)."""
+    notes = {f"D={r.features} {r.library}: {r.note}": None for r in results if r.note}
+    return list(notes)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One row of the speed targets: ``ours / reference`` (or its inverse) against a bound."""
+
+    label: str
+    op: str
+    size: tuple[int, int]
+    ours: str
+    references: tuple[str, ...]  # the fastest of these is the reference
+    bound: float
+    faster: bool = False  # report reference / ours ("x faster"), to be >= bound
+
+
+TARGETS = (
+    Target("MAF log_prob / fastest peer", "log_prob", (64, 512), "arflows", MAF_PEERS, 0.75),
+    Target(
+        "MAF sample: fastest peer / arflows",
+        "sample",
+        (64, 512),
+        "arflows",
+        MAF_PEERS,
+        50,
+        faster=True,
+    ),
+    Target("MAF train step / fastest peer", "train", (64, 512), "arflows", MAF_PEERS, 0.75),
+    Target("MAF train step / fastest peer", "train", (8, 128), "arflows", MAF_PEERS, 1.0),
+    Target("NSF log_prob / dense MLP", "log_prob", (8, 128), "arflows-nsf", ("dense-nsf",), 1.5),
+    Target("NSF train step / zuko", "train", (8, 128), "arflows-nsf", ("zuko-nsf",), 0.75),
+)
+
+
+def target_lines(results: list[Result]) -> list[str]:
+    """One line per target and thread count that this run measured: the ratio and the bound."""
+    lines = []
+    for threads in dict.fromkeys(r.threads for r in results):
+        for t in TARGETS:
+            rows = {
+                r.library: getattr(r, t.op)
+                for r in results
+                if r.threads == threads and (r.features, r.hidden) == t.size
+            }
+            ours = rows.get(t.ours)
+            refs = {name: rows[name] for name in t.references if rows.get(name) is not None}
+            if ours is None or not refs:
+                continue
+            name, ref = min(refs.items(), key=lambda item: item[1].seconds)
+            value = ref.seconds / ours.seconds if t.faster else ours.seconds / ref.seconds
+            met = value >= t.bound if t.faster else value <= t.bound
+            sign = ">=" if t.faster else "<="
+            lines.append(
+                f"- {threads} thread(s), D={t.size[0]} H={t.size[1]}: {t.label} = {value:.3g} "
+                f"({t.ours} {ours.seconds * 1e3:.4g} ms, {name} {ref.seconds * 1e3:.4g} ms); "
+                f"target {sign} {t.bound:g}: {'met' if met else 'missed'}"
+            )
+    return lines
 
 
 def headline(results: list[Result]) -> list[str]:
-    """One line per size: arflows' naive/sweep sampling ratio and its lead over each peer."""
+    """One line per size and threads: arflows' sampling lead over each peer, splines vs dense."""
     lines = []
-    for size in dict.fromkeys((r.features, r.hidden) for r in results):
-        rows = {r.library: r for r in results if (r.features, r.hidden) == size}
+    for key in dict.fromkeys(_key(r) for r in results):
+        rows = {r.library: r for r in results if _key(r) == key}
+        where = f"{key[0]} thread(s), D={key[1]}, H={key[2]}"
         ref = rows.get("arflows")
-        if ref is None or ref.sample is None:
-            continue
-        parts = [
-            f"{name} {ratio(rows[name].sample, ref.sample)}x"
-            for name in ("arflows-passes", "zuko", "nflows", "pyro")
-            if name in rows
-        ]
-        if parts:
-            lines.append(
-                f"- D={size[0]}, H={size[1]}: sampling time vs arflows: " + ", ".join(parts)
-            )
+        if ref is not None and ref.sample is not None:
+            parts = [
+                f"{name} {fmt(ratio(rows[name].sample, ref.sample))}x"
+                for name in ("arflows-passes", *MAF_PEERS)
+                if name in rows
+            ]
+            if parts:
+                lines.append(f"- {where}: sampling time vs arflows: " + ", ".join(parts))
         dense = rows.get("dense-nsf")
         splines = [
-            f"{name} {ratio(rows[name].log_prob, dense.log_prob)}x"
+            f"{name} {fmt(ratio(rows[name].log_prob, dense.log_prob))}x"
             for name in ("arflows-nsf", "zuko-nsf")
             if name in rows and dense is not None
         ]
         if splines:
             lines.append(
-                f"- D={size[0]}, H={size[1]}: spline log_prob vs a dense MLP of the same shape: "
+                f"- {where}: spline log_prob vs a dense MLP of the same shape: "
                 + ", ".join(splines)
             )
     return lines
@@ -633,23 +447,22 @@ def headline(results: list[Result]) -> list[str]:
 def metadata(args: argparse.Namespace, device: torch.device) -> dict:
     meta = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(getattr(sys, "orig_argv", [sys.executable, *sys.argv])),
+        "command": " ".join(["python", "benchmarks/sampling.py", *sys.argv[1:]]),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "device": str(device),
-        "threads": torch.get_num_threads(),
+        "threads": args.threads,
+        "clock": args.clock,
         "cpu": cpu_model(),
         "quick": args.quick,
-        "n_points": N_POINTS,
-        "train_batch": BATCH,
+        "points": N_POINTS,
         "transforms": TRANSFORMS,
         "initialisation": "torch default for every (masked) linear layer",
+        **run_state(),
     }
-    if hasattr(os, "getloadavg"):
-        meta["load average (1, 5, 15 min)"] = [round(v, 2) for v in os.getloadavg()]
     if device.type == "cuda":
         meta["gpu"] = torch.cuda.get_device_name(device)
-    for name in ("arflows", "zuko", "nflows", "pyro-ppl"):
+    for name in ("arflows", "zuko", "nflows", "normflows", "pyro-ppl"):
         try:
             meta[f"{name} version"] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -658,44 +471,42 @@ def metadata(args: argparse.Namespace, device: torch.device) -> dict:
 
 
 LEGEND = """\
-Times are medians over repeats (after a warm-up) under `torch.no_grad()` for `log_prob` and
-`sample` on N = {n} points; `train step` is one Adam step on a batch of {batch} (forward
-`log_prob`, backward, update). `†`: measured on fewer points (see the JSON's `n_timed`) and
-scaled linearly to N, because one call would have taken too long. Ratios divide this row's
-time by the named one at the same size: `arflows` is the default (one-sweep) inverse,
-`arflows-passes` the naive fixed-point inverse (D network passes per layer), `dense` 5 plain
-MLPs of the same shape (the ceiling for `log_prob`). Above 1 means slower than the reference.
+Times are medians over interleaved rounds (every round calls each library once, in a rotated
+order, after a warm-up), in milliseconds: `log_prob` on {log_prob} points and `sample` of
+{sample} points under `torch.no_grad()`; `train step` is one Adam step on a batch of {train}
+(forward `log_prob`, backward, update). `†`: measured on fewer points (see the JSON's
+`n_timed`) and scaled linearly, because one call would have taken too long. Ratios divide this
+row's time by the named one at the same size and thread count: `arflows` is the default
+(one-sweep) inverse, `arflows-passes` the naive fixed-point inverse (D network passes per
+layer), `dense` 5 plain MLPs of the same shape (the ceiling for `log_prob`). Above 1 means
+slower than the reference.
 """
 
 
-def write_outputs(
-    results: list[Result], notes: list[str], meta: dict, out: Path, device: torch.device
-) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"sampling-{device.type}"
-    header = [f"# arflows sampling benchmark ({device.type})", ""]
+def report(results: list[Result], notes: list[str], meta: dict) -> str:
+    """The Markdown report: metadata, targets, table, legend, headline and notes."""
+    header = [f"# arflows sampling benchmark ({meta['device']})", ""]
     header += [f"- {key}: `{value}`" for key, value in meta.items()]
-    body = [
-        "",
-        markdown_table(results),
-        "",
-        LEGEND.format(n=N_POINTS, batch=BATCH),
-        *headline(results),
-    ]
+    body = ["", "Targets (issue 16):", *target_lines(results), "", markdown_table(results), ""]
+    body += [LEGEND.format(**N_POINTS), *headline(results)]
     all_notes = model_notes(results) + notes
     if all_notes:
         body += ["", "Notes (`*` rows and skips):", *[f"- {note}" for note in all_notes]]
-    stem.with_suffix(".md").write_text("\n".join(header + body) + "\n")
+    return "\n".join(header + body) + "\n"
+
+
+def write_outputs(results: list[Result], notes: list[str], meta: dict, stem: Path) -> None:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".md").write_text(report(results, notes, meta))
     records = [
         {
-            **{k: v for k, v in asdict(r).items() if k not in ("log_prob", "sample", "train")},
-            **{op: _record(getattr(r, op)) for op in ("log_prob", "sample", "train")},
+            **{k: v for k, v in asdict(r).items() if k not in OPS},
+            **{op: _record(getattr(r, op)) for op in OPS},
         }
         for r in results
     ]
     payload = {"meta": meta, "notes": notes, "results": records}
     stem.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
-    return stem
 
 
 def _record(m: Measurement | None) -> dict | None:
@@ -707,25 +518,56 @@ def _record(m: Measurement | None) -> dict | None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="D=8 and D=64 only, fewer repeats")
+    parser.add_argument("--quick", action="store_true", help="D=8 and D=64 only, fewer rounds")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        nargs="+",
+        default=[2],
+        help="torch CPU threads; several values run the whole benchmark for each (default: 2)",
+    )
+    parser.add_argument(
+        "--only", default=",".join(OPS), help=f"comma-separated subset of {','.join(OPS)}"
+    )
+    parser.add_argument(
+        "--features",
+        type=int,
+        nargs="+",
+        default=None,
+        help=f"the sizes to run, by D (of {', '.join(str(d) for d, _ in SIZES)})",
+    )
+    parser.add_argument(
+        "--clock",
+        choices=tuple(CLOCKS),
+        default="wall",
+        help="wall time (default), or the process's CPU time, which on a busy machine leaves "
+        "out the time other processes hold the CPU (with one thread only)",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument(
+        "--tag", default="", help="written as sampling-<device>-<tag>.* (default: no tag)"
+    )
     parser.add_argument(
         "--libraries",
         default=",".join(ADAPTERS),
         help=f"comma-separated subset of {','.join(ADAPTERS)}",
     )
     parser.add_argument(
-        "--budget", type=float, default=None, help="total seconds (default: 1200, quick: 300)"
+        "--budget", type=float, default=None, help="total seconds (default: 1800, quick: 400)"
     )
+    parser.add_argument("--rounds", type=int, default=None, help="most rounds per operation")
     return parser.parse_args(argv)
 
 
 def make_budget(args: argparse.Namespace) -> Budget:
     if args.quick:
-        return Budget(3, case_seconds=4, max_seconds=15, total_seconds=args.budget or 300)
-    return Budget(5, case_seconds=20, max_seconds=60, total_seconds=args.budget or 1200)
+        budget = Budget(5, case_seconds=6, max_seconds=10, total_seconds=args.budget or 400)
+    else:
+        budget = Budget(15, case_seconds=30, max_seconds=30, total_seconds=args.budget or 1800)
+    if args.rounds is not None:
+        budget.max_rounds = args.rounds
+    return budget
 
 
 def synchronizer(device: torch.device) -> Callable[[], None]:
@@ -736,11 +578,17 @@ def synchronizer(device: torch.device) -> Callable[[], None]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     unknown = set(args.libraries.split(",")) - set(ADAPTERS)
-    if unknown:
-        print(f"unknown libraries {sorted(unknown)}; choose from {list(ADAPTERS)}")
+    ops = args.only.split(",")
+    sizes = QUICK_SIZES if args.quick else SIZES
+    if args.features is not None:
+        sizes = tuple(s for s in SIZES if s[0] in args.features)
+    if unknown or set(ops) - set(OPS) or not sizes:
+        print(
+            f"choose libraries from {list(ADAPTERS)}, operations from {list(OPS)} and "
+            f"features from {[d for d, _ in SIZES]}"
+        )
         return 2
     names, notes = available_adapters(args.libraries.split(","))
     for note in notes:
@@ -751,24 +599,27 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cpu" and load > 0.5:
         print(f"warning: load average {load} at start; other processes will skew CPU timings")
     results = []
-    for features, hidden in QUICK_SIZES if args.quick else SIZES:
-        print(f"D={features}, H={hidden}:", flush=True)
-        results += run_size(names, features, hidden, budget, device, synchronizer(device))
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for features, hidden in sizes:
+            print(f"{threads} thread(s), D={features}, H={hidden}:", flush=True)
+            results += run_size(names, ops, features, hidden, budget, device, CLOCKS[args.clock])
     if "arflows-passes" in names and not any(r.library == "arflows-passes" for r in results):
         notes.append(
             "arflows-passes: `MAF(..., inverse='passes')` is not available in this arflows; "
             "the `arflows` row is whatever its default inverse is"
         )
-    end_meta = metadata(args, device)
     meta = {
         **start_meta,
-        "load average at end": end_meta.get("load average (1, 5, 15 min)"),
+        "load average at end": run_state().get("load average (1, 5, 15 min)"),
         "elapsed seconds": round(budget.elapsed(), 1),
     }
-    stem = write_outputs(results, notes, meta, args.out, device)
+    stem = args.out / (f"sampling-{device.type}" + (f"-{args.tag}" if args.tag else ""))
+    write_outputs(results, notes, meta, stem)
     print()
     print(markdown_table(results))
     print(*headline(results), *model_notes(results), sep="\n")
+    print("\nTargets (issue 16):", *target_lines(results), sep="\n")
     print(f"\nwrote {stem}.md and {stem}.json ({budget.elapsed():.0f} s)")
     return 0
 
