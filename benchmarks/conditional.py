@@ -58,6 +58,7 @@ __all__ = ["TABLES", "RegressionTable", "main"]
 import argparse
 import datetime
 import importlib.metadata
+import inspect
 import json
 import math
 import os
@@ -219,7 +220,8 @@ def flow_regressor(  # noqa: ANN201
 
     torch.manual_seed(seed)
     # Every option at its default; only the random seed follows the benchmark's seed.
-    model = FlowRegressor(**({"seed": seed} if "seed" in FlowRegressor().get_params() else {}))
+    seeded = "seed" in inspect.signature(FlowRegressor).parameters
+    model = FlowRegressor(**({"seed": seed} if seeded else {}))
     model.fit(X, y)
     interval = np.asarray(model.predict_interval(X_test, alpha=1 - LEVEL)).reshape(-1, 2)
     record = _scores(np.asarray(model.score_samples(X_test, y_test)), interval, y_test)
@@ -238,10 +240,15 @@ BASELINES = ("linear", "ngboost")
 
 
 def run_regression(
-    tables: list[RegressionTable], seeds: int, models: list[str], say: Callable
-) -> list[dict]:
-    """Each model on every seed's split of every table: one record per fit."""
-    runs = []
+    tables: list[RegressionTable],
+    seeds: int,
+    models: list[str],
+    runs: list,
+    say: Callable,
+    save: Callable[[], None],
+) -> None:
+    """Each model on every seed's split of every table: one record per fit, added to ``runs``
+    (``save()`` after each table)."""
     for table in tables:
         for seed in range(seeds):
             X, y, X_test, y_test = split_rows(table, seed)
@@ -260,7 +267,7 @@ def run_regression(
                     f"loglik {record['loglik']:10.3f}  coverage {record['coverage']:.2f}"
                 )
                 say(f"{table.name} seed {seed} {name:8s} {shown}  {record['seconds']:6.1f} s")
-    return runs
+        save()
 
 
 def _mean_sd(values: list[float]) -> dict:
@@ -437,8 +444,16 @@ def time_sampling(posterior, xs, n: int) -> float:  # noqa: ANN001
     return seconds
 
 
-def run_task(task, estimators: list[str], settings: SbiSettings, say: Callable) -> dict:  # noqa: ANN001
-    """One task: training data, observations, references, then each estimator's scores."""
+def run_task(  # noqa: ANN201
+    task,
+    estimators: list[str],
+    settings: SbiSettings,
+    out: dict,
+    say: Callable,  # noqa: ANN001
+    save: Callable[[], None],
+):
+    """One task: training data, observations, references, then each estimator's scores, put
+    into ``out`` (``save()`` after each estimator)."""
     import torch
 
     seed = zlib.crc32(task.name.encode()) % 2**31
@@ -451,7 +466,7 @@ def run_task(task, estimators: list[str], settings: SbiSettings, say: Callable) 
     theta_o = prior.sample((settings.observations,))
     x_o = task.simulate(theta_o, generator)
     xs = task.simulate(prior.sample((settings.timing_observations,)), generator)
-    out: dict = {
+    out |= {
         "task": task.name,
         "parameters": task.parameters,
         "data": task.data,
@@ -490,14 +505,14 @@ def run_task(task, estimators: list[str], settings: SbiSettings, say: Callable) 
             record = {"error": f"{type(error).__name__}: {error}"}
             say(f"{task.name} {name}: {record['error']}")
         out["estimators"][name] = record
-    return out
+        save()
 
 
 def summarise_sbi(results: list[dict]) -> list[dict]:
     """Per task and arflows estimator: C2ST and sampling time against sbi's default."""
     rows = []
     for result in results:
-        runs = result["estimators"]
+        runs = result.get("estimators", {})
         sbi = runs.get("sbi", {})
         for name, record in runs.items():
             if name == "sbi" or "c2st" not in record:
@@ -622,7 +637,7 @@ def sbi_markdown(results: list[dict], summary: list[dict], settings: dict) -> li
             "C2ST mean", f"sample_batched s ({m} obs x {n:,})"]  # fmt: skip
     lines += ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
     for result in results:
-        for name, r in result["estimators"].items():
+        for name, r in result.get("estimators", {}).items():
             if "error" in r:
                 lines.append(f"| {result['task']} | {name} | {r['error']} |" + " |" * 5)
                 continue
@@ -643,7 +658,7 @@ def sbi_markdown(results: list[dict], summary: list[dict], settings: dict) -> li
     lines += ["", "Estimators:", ""]
     seen = {}
     for result in results:
-        for name, r in result["estimators"].items():
+        for name, r in result.get("estimators", {}).items():
             if "estimator" in r:
                 seen.setdefault(name, set()).add(r["estimator"])
     lines += [f"- `{k}`: {'; '.join(sorted(v))}" for k, v in seen.items()]
@@ -791,11 +806,11 @@ def write_results(stem: Path, payload: dict, tables: list[RegressionTable]) -> s
     return report
 
 
-def finish(payload: dict, tables: list[RegressionTable]) -> None:
-    """Summaries and targets of the collected runs, into ``payload``."""
+def finish(payload: dict, tables: list[RegressionTable]) -> list[RegressionTable]:
+    """Summaries and targets of the collected runs, into ``payload``; the tables with runs."""
     if payload.get("regression"):
         names = {r["table"] for r in payload["regression"]["runs"]}
-        tables[:] = [t for t in tables if t.name in names]
+        tables = [t for t in tables if t.name in names]
         payload["regression"]["summary"] = summarise_regression(
             tables, payload["regression"]["runs"]
         )
@@ -806,6 +821,7 @@ def finish(payload: dict, tables: list[RegressionTable]) -> None:
         payload["sbi"]["summary"] if payload.get("sbi") else [],
     )
     payload["targets"] = [{"target": text, "verdict": v} for text, v in checks]
+    return tables
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -822,6 +838,15 @@ def main(argv: list[str] | None = None) -> int:
 
     payload: dict = {"meta": metadata(args, argv)}
     stem = args.out / f"{args.name}{'-quick' if args.quick and not args.merge else ''}"
+    tables: list[RegressionTable] = []
+
+    def save(payload: dict, done: bool = False) -> str:
+        """The results so far, written (a run cut short keeps what it finished)."""
+        payload["meta"]["finished"] = done
+        payload["meta"]["load average at end"] = [round(v, 2) for v in os.getloadavg()]
+        payload["meta"]["elapsed seconds"] = round(time.perf_counter() - start, 1)
+        return write_results(stem, payload, finish(payload, tables))
+
     if args.merge:
         parts = [json.loads(path.read_text()) for path in args.merge]
         payload["meta"]["parts"] = [part["meta"] for part in parts]
@@ -832,26 +857,26 @@ def main(argv: list[str] | None = None) -> int:
         if tasks:
             settings = next(p["sbi"]["settings"] for p in parts if p.get("sbi"))
             payload["sbi"] = {"settings": settings, "tasks": tasks}
-        tables = [TABLES[name]() for name in dict.fromkeys(r["table"] for r in runs)]
+        tables += [TABLES[name]() for name in dict.fromkeys(r["table"] for r in runs)]
     else:
-        tables = [TABLES[name]() for name in args.tables]
+        tables += [TABLES[name]() for name in args.tables]
         if tables:
             say(f"regression: {', '.join(f'{t.name} {t.X.shape}' for t in tables)}")
             payload["regression"] = {
                 "tables": [t.describe() for t in tables],
                 "seeds": list(range(args.seeds)),
-                "runs": run_regression(tables, args.seeds, args.models, say),
+                "runs": [],
             }
+            runs = payload["regression"]["runs"]
+            run_regression(tables, args.seeds, args.models, runs, say, lambda: save(payload))
         if args.tasks:
-            settings = args.settings
-            payload["sbi"] = {"settings": settings.__dict__, "tasks": []}
+            payload["sbi"] = {"settings": args.settings.__dict__, "tasks": []}
             for name in args.tasks:
-                result = run_task(TASKS[name](), args.estimators, settings, say)
-                payload["sbi"]["tasks"].append(result)
-    payload["meta"]["load average at end"] = [round(v, 2) for v in os.getloadavg()]
-    payload["meta"]["elapsed seconds"] = round(time.perf_counter() - start, 1)
-    finish(payload, tables)
-    print(write_results(stem, payload, tables))
+                out: dict = {}
+                payload["sbi"]["tasks"].append(out)
+                run_task(TASKS[name](), args.estimators, args.settings, out, say,
+                         lambda: save(payload))  # fmt: skip
+    print(save(payload, done=True))
     say(f"wrote {os.path.relpath(stem)}.md and .json")
     return 0
 
