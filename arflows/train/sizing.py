@@ -54,27 +54,32 @@ class Sizing:
         return asdict(self)
 
 
-def training_options(rows: int, features: int) -> Sizing:
+def training_options(rows: int, features: int, context: int = 0) -> Sizing:
     r"""Training options sized to a table of ``rows`` training rows and ``features`` columns.
 
     Args:
         rows: Training rows :math:`N` (without the validation rows).
         features: Data columns :math:`D`.
+        context: Context columns :math:`C` of a conditional model: they count as columns for
+            the weight decay and widths (the networks read them all), not for the steps.
 
     Returns:
         The options: batch :math:`\mathrm{clip}(N / 10, 16, 256)`; epochs for about 4,000
         steps (at most 2,000 epochs); patience of about 400 steps (at least 5 epochs);
-        weight decay from :math:`10^{-2}` (under 20 rows per column) down to :math:`10^{-4}`;
+        weight decay from :math:`10^{-2}` (under 20 rows per column, :math:`N / (D + C)`) down
+        to :math:`10^{-4}`;
         hidden widths 32, 64 or 128 by rows per column; 100 warm-up steps, at most a tenth of
         the budget.
     """
     if rows < 1 or features < 1:
         raise ValueError(f"expected at least one row and column, got {rows} x {features}")
+    if context < 0:
+        raise ValueError(f"expected `context >= 0` columns, got {context}")
     batch = int(min(256, max(16, round(rows / 10))))
     steps = max(1, math.ceil(rows / batch))
     epochs = int(min(MAX_EPOCHS, max(20, math.ceil(STEPS / steps))))
     patience = int(max(5, math.ceil(PATIENCE_STEPS / steps)))
-    per_column = rows / features
+    per_column = rows / (features + context)
     if per_column < 20:
         decay, hidden = 1e-2, (32, 32)
     elif per_column < 200:
