@@ -28,7 +28,7 @@ Example:
 
 from __future__ import annotations
 
-__all__ = ["FlowEstimator", "likelihood_nn", "posterior_nn"]
+__all__ = ["FlowEstimator", "likelihood_nn", "posterior_nn", "support_of"]
 
 import functools
 import math
@@ -36,6 +36,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Size, Tensor, nn
+from torch.distributions import Distribution, constraints
 
 try:
     from sbi.neural_nets.estimators.base import ConditionalDensityEstimator
@@ -286,6 +287,68 @@ def _family(model: str | Callable[..., Flow]) -> Callable[..., Flow]:
     )
 
 
+_BOUNDED = (  # constraint classes (torch names them in lower case) with plain bounds
+    type(constraints.real),  # no bounds: (None, None)
+    constraints.interval,
+    constraints.half_open_interval,
+    constraints.greater_than,
+    constraints.greater_than_eq,
+    constraints.less_than,
+)
+
+
+def _bounds(constraint: constraints.Constraint, size: int) -> list[tuple[float, float]]:
+    """Per-column ``(lower, upper)`` bounds (infinite where none) of a prior's support."""
+    if isinstance(constraint, constraints.independent):
+        return _bounds(constraint.base_constraint, size)
+    if isinstance(constraint, constraints.cat):  # sbi's MultipleIndependent priors
+        lengths = constraint.lengths
+        if sum(lengths) != size:
+            raise ValueError(f"cannot split a support of {size} columns as {lengths}")
+        return [
+            b for part, n in zip(constraint.cseq, lengths, strict=True) for b in _bounds(part, n)
+        ]
+    if not isinstance(constraint, _BOUNDED):
+        raise ValueError(
+            f"cannot read column bounds from the support {constraint}; pass `support=` as a "
+            "list of (lower, upper) pairs"
+        )
+    lower = torch.as_tensor(getattr(constraint, "lower_bound", -math.inf), dtype=torch.float64)
+    upper = torch.as_tensor(getattr(constraint, "upper_bound", math.inf), dtype=torch.float64)
+    return list(zip(lower.expand(size).tolist(), upper.expand(size).tolist(), strict=True))
+
+
+def support_of(prior: Distribution) -> list[tuple[float | None, float | None]]:
+    r"""The per-parameter bounds of a prior, as the ``support`` option of arflows flows.
+
+    Reads ``prior.support``: intervals and half-lines (``BoxUniform``, ``Uniform``, ``Gamma``,
+    ...), the real line, and sbi's ``MultipleIndependent`` priors column by column.
+
+    Args:
+        prior: A distribution over parameter vectors, with event shape :math:`(D,)`.
+
+    Returns:
+        :math:`D` pairs ``(lower, upper)``, ``None`` where unbounded.
+
+    Raises:
+        ValueError: For a support that is not a product of intervals (a simplex, integers).
+
+    Example:
+        >>> from torch.distributions import Gamma, Independent, Uniform
+        >>> support_of(Independent(Uniform(torch.zeros(2), torch.tensor([1.0, 4.0])), 1))
+        [(0.0, 1.0), (0.0, 4.0)]
+        >>> support_of(Independent(Gamma(torch.ones(1), torch.ones(1)), 1))
+        [(0.0, None)]
+    """
+    if not isinstance(prior, Distribution) or len(prior.event_shape) != 1:
+        raise ValueError(
+            "expected a distribution over parameter vectors (event shape (D,)), got "
+            f"{getattr(prior, 'event_shape', type(prior).__name__)}"
+        )
+    bounds = _bounds(prior.support, prior.event_shape[0])
+    return [tuple(b if math.isfinite(b) else None for b in pair) for pair in bounds]
+
+
 def posterior_nn(
     model: str | Callable[..., Flow] = "nsf",
     *,
@@ -316,8 +379,10 @@ def posterior_nn(
         embedding_net: A module mapping simulations :math:`(N, *)` to features
             :math:`(N, E)`, trained with the flow; ``None`` for the flattened simulations.
         flow_options: Further options of the flow family (``bins``, ``bound``, ``residual``,
-            ``support`` for parameters with bounded priors (samples then always lie inside,
-            with no leakage to reject), ...).
+            ...). ``support``: the bounds of the parameters, or the prior itself (read with
+            :func:`support_of`); the flow then puts all its mass inside, so sbi's leakage
+            rejection never rejects (without it, sampling observations whose posterior
+            touches a bound can cost several times more draws).
 
     Returns:
         ``build(batch_theta, batch_x) -> FlowEstimator``.
@@ -334,6 +399,8 @@ def posterior_nn(
     """
     _check_z_score("z_score_theta", z_score_theta)
     _check_z_score("z_score_x", z_score_x)
+    if isinstance(flow_options.get("support"), Distribution):
+        flow_options["support"] = support_of(flow_options["support"])
     make = functools.partial(
         _family(model), transforms=transforms, hidden_features=hidden_features, **flow_options
     )

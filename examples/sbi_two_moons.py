@@ -101,9 +101,9 @@ def main() -> None:
     x = simulator(theta)
     x_o = torch.zeros(1, 2)
 
-    # A spline MAF (one-sweep sampling); `support` keeps samples inside the box prior, so
-    # sbi's leakage rejection never rejects.
-    build = posterior_nn("nsf", transforms=5, hidden_features=(50, 50), support=[(-1, 1)] * 2)
+    # A spline MAF (one-sweep sampling). `support=PRIOR` keeps samples inside the box prior,
+    # so sbi's leakage rejection never rejects.
+    build = posterior_nn("nsf", transforms=5, hidden_features=(50, 50), support=PRIOR)
     report("arflows NSF", train(build, theta, x, args.epochs), x_o, args.samples)
     if args.compare:
         report("sbi default (nflows MAF)", train("maf", theta, x, args.epochs), x_o, args.samples)

@@ -6,12 +6,12 @@ import torch
 sbi = pytest.importorskip("sbi")
 from sbi.inference import NLE, NPE  # noqa: E402
 from sbi.neural_nets import posterior_nn as sbi_posterior_nn  # noqa: E402
-from sbi.utils import BoxUniform  # noqa: E402
+from sbi.utils import BoxUniform, MultipleIndependent  # noqa: E402
 from torch import nn  # noqa: E402
-from torch.distributions import MultivariateNormal  # noqa: E402
+from torch.distributions import Dirichlet, Gamma, MultivariateNormal  # noqa: E402
 
 import arflows  # noqa: E402
-from arflows.sbi import FlowEstimator, likelihood_nn, posterior_nn  # noqa: E402
+from arflows.sbi import FlowEstimator, likelihood_nn, posterior_nn, support_of  # noqa: E402
 
 NOISE = 0.5  # simulator noise: x = (theta + NOISE * eps, sum of those)
 ATOL = 1e-5  # float32 densities computed along different (equivalent) paths
@@ -173,11 +173,37 @@ def test_untrained_estimator_samples_the_z_scored_batch():
 
 
 def test_support_keeps_samples_inside_the_prior():
-    theta = torch.rand(100, 2) * 4 - 2
-    build = posterior_nn("maf", support=[(-2.0, 2.0)] * 2, **SMALL)
-    estimator = build(theta, torch.randn(100, 3))
+    prior = BoxUniform(-2 * torch.ones(2), torch.tensor([2.0, 0.5]))
+    estimator = posterior_nn("maf", support=prior, **SMALL)(
+        prior.sample((100,)), torch.randn(100, 3)
+    )
     samples = estimator.sample((2000,), torch.randn(3, 3))
-    assert samples.shape == (2000, 3, 2) and bool((samples.abs() < 2).all())
+    assert samples.shape == (2000, 3, 2)
+    assert bool(prior.support.check(samples).all())
+    assert bool((samples[..., 1] < 0.5).all())
+
+
+SUPPORTS = {
+    "box": (lambda: BoxUniform(torch.zeros(2), torch.tensor([1.0, 4.0])), [(0, 1), (0, 4)]),
+    "normal": (lambda: MultivariateNormal(torch.zeros(2), torch.eye(2)), [(None, None)] * 2),
+    "multiple": (
+        lambda: MultipleIndependent(
+            [Gamma(torch.ones(1), torch.ones(1)), BoxUniform(-torch.ones(2), torch.ones(2))]
+        ),
+        [(0, None), (-1, 1), (-1, 1)],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SUPPORTS))
+def test_support_of_reads_the_priors_bounds(case):
+    make, expected = SUPPORTS[case]
+    assert support_of(make()) == expected
+
+
+def test_support_of_refuses_what_is_not_a_box():
+    with pytest.raises(ValueError, match="Simplex"):
+        support_of(Dirichlet(torch.ones(3)))
 
 
 def test_embedding_net_for_two_dimensional_simulations():
