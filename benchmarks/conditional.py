@@ -30,7 +30,8 @@ without improvement):
   2 hidden layers of 50 tanh units, random permutations, z-scored parameters and data);
 * ``arflows``: ``NPE(prior, density_estimator=arflows.sbi.posterior_nn())`` with its
   defaults (a spline autoregressive flow, 5 layers, hidden layers (50, 50));
-* ``arflows-maf``: ``arflows.sbi.posterior_nn("maf", hidden_features=(50, 50, 50))``: the
+* ``arflows-maf`` (``--estimators``, not in the default run):
+  ``arflows.sbi.posterior_nn("maf", hidden_features=(50, 50, 50))``: the
   architecture of sbi's default (5 affine MADE layers, each with 3 hidden layers of 50 units:
   nflows' first layer and its 2 blocks), for the sampling time at the same estimator size.
 
@@ -319,9 +320,10 @@ class SbiSettings:
 
     simulations: int = 10_000
     samples: int = 10_000  # posterior and reference samples per observation
-    observations: int = 5  # fixed observations scored by C2ST
+    observations: int = 3  # fixed observations scored by C2ST
     timing_observations: int = 100
     max_epochs: int | None = None  # None: train()'s default (no cap)
+    checked: int = 1  # observations whose grid reference is compared with exact samples
 
 
 def _posterior_nn(*args, **options):  # noqa: ANN002, ANN003, ANN202
@@ -338,7 +340,7 @@ ESTIMATORS: dict[str, Callable[[], object] | None] = {
     # sbi's default's architecture: 5 affine layers, MADEs with 3 hidden layers of 50.
     "arflows-maf": lambda: _posterior_nn("maf", hidden_features=SBI_HIDDEN),
 }
-DEFAULT_ESTIMATORS = ("sbi", "arflows", "arflows-maf")
+DEFAULT_ESTIMATORS = ("sbi", "arflows")
 
 
 class NoTracker:
@@ -458,7 +460,9 @@ def run_task(  # noqa: ANN201
 
     seed = zlib.crc32(task.name.encode()) % 2**31
     rng = np.random.default_rng(seed)
-    generator = torch.Generator().manual_seed(seed)
+    # The prior draws use torch's global stream, the simulator's noise this one: a different
+    # seed, or the noise would repeat the normal or uniform draws that made theta.
+    generator = torch.Generator().manual_seed(seed + 1)
     prior = task.prior()
     torch.manual_seed(seed)
     theta = prior.sample((settings.simulations,))
@@ -483,7 +487,7 @@ def run_task(  # noqa: ANN201
         check = task.check_likelihood(rng)
         check["c2st(grid reference, exact inversion)"] = [
             c2st(ref, task.exact_sample(xo.double().numpy(), settings.samples, rng))
-            for ref, xo in zip(references, x_o, strict=True)
+            for ref, xo in zip(references[: settings.checked], x_o, strict=False)
         ]
         out["reference check"] = check
         say(f"{task.name}: reference check {check}")
@@ -721,8 +725,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=5, help="seeds per table (5)")
     p.add_argument("--models", nargs="+", choices=list(REGRESSORS), default=list(REGRESSORS),
                    help=f"regression models ({' '.join(REGRESSORS)})")  # fmt: skip
-    p.add_argument("--observations", type=int, default=5,
-                   help="fixed observations per task scored by C2ST (5)")  # fmt: skip
+    p.add_argument("--observations", type=int, default=3,
+                   help="fixed observations per task scored by C2ST (3)")  # fmt: skip
     p.add_argument("--estimators", nargs="+", choices=list(ESTIMATORS),
                    default=list(DEFAULT_ESTIMATORS),
                    help=f"NPE estimators ({' '.join(DEFAULT_ESTIMATORS)})")  # fmt: skip
@@ -738,7 +742,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.seeds = min(args.seeds, 2)
         args.tables = list(QUICK_TABLES) if args.tables is None else args.tables
         args.tasks = list(QUICK_TASKS) if args.tasks is None else args.tasks
-        args.settings = SbiSettings(1_000, 1_000, 1, 10, 20)
+        args.settings = SbiSettings(1_000, 1_000, 1, 10, 20, 1)
     args.tables = list(TABLES) if args.tables is None else args.tables
     args.tasks = list(TASKS) if args.tasks is None else args.tasks
     return args
@@ -851,7 +855,14 @@ def main(argv: list[str] | None = None) -> int:
         parts = [json.loads(path.read_text()) for path in args.merge]
         payload["meta"]["parts"] = [part["meta"] for part in parts]
         runs = [r for part in parts if part.get("regression") for r in part["regression"]["runs"]]
-        tasks = [t for part in parts if part.get("sbi") for t in part["sbi"]["tasks"]]
+        tasks: dict[str, dict] = {}  # parts may hold different estimators of one task
+        for t in (t for part in parts if part.get("sbi") for t in part["sbi"]["tasks"]):
+            if t["task"] in tasks:
+                tasks[t["task"]]["estimators"].update(t["estimators"])
+                tasks[t["task"]].setdefault("reference check", t.get("reference check"))
+            else:
+                tasks[t["task"]] = t
+        tasks = list(tasks.values())
         if runs:
             payload["regression"] = {"runs": runs}
         if tasks:
