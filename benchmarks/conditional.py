@@ -22,12 +22,13 @@ least 50 rows, each with the dataset's own ``endog`` and ``exog`` except where n
 **Simulation-based inference** (:mod:`sbi_tasks`): two moons and 10-D Gaussian linear, with
 reference posteriors computed here (a fine grid for two moons, checked against an exact
 inversion sampler; the exact Gaussian for Gaussian linear). Each task's 10,000 simulations
-(one seed) train two or more neural posterior estimators with ``sbi.inference.NPE`` and
+(one seed) train each neural posterior estimator with ``sbi.inference.NPE`` and
 ``train()``'s defaults (batch 200, learning rate 5e-4, 10% validation, stop after 20 epochs
 without improvement):
 
 * ``sbi``: ``NPE(prior)``, sbi's default density estimator (``"maf"``: 5 affine MADE layers,
-  2 hidden layers of 50 tanh units, random permutations, z-scored parameters and data);
+  each with 3 hidden layers of 50 tanh units (nflows' first layer and 2 blocks), random
+  permutations, z-scored parameters and data);
 * ``arflows``: ``NPE(prior, density_estimator=arflows.sbi.posterior_nn())`` with its
   defaults (a spline autoregressive flow, 5 layers, hidden layers (50, 50));
 * ``arflows-maf`` (``--estimators``, not in the default run):
