@@ -493,24 +493,29 @@ def run_task(  # noqa: ANN201
         out["reference check"] = check
         say(f"{task.name}: reference check {check}")
     for name in estimators:
+        record: dict = {}
+        out["estimators"][name] = record
         try:
-            posterior, record = train_posterior(task, name, theta, x, 0, settings)
+            posterior, trained = train_posterior(task, name, theta, x, 0, settings)
+            record.update(trained)
             say(f"{task.name} {name}: trained {record['epochs']} epochs, "
                 f"{record['train seconds']:.0f} s, {record['parameters']} parameters")  # fmt: skip
+            save()
+            record["sample seconds"] = time_sampling(posterior, xs, settings.samples)
+            say(f"{task.name} {name}: sample_batched(({settings.samples},), "
+                f"{len(xs)} observations) {record['sample seconds']:.1f} s")  # fmt: skip
+            save()
             record["c2st"] = []
             for ref, xo in zip(references, x_o, strict=True):
                 torch.manual_seed(seed)
                 draws = posterior.sample((settings.samples,), x=xo, show_progress_bars=False)
                 record["c2st"].append(c2st(ref, draws.double().numpy()))
+                save()
             say(f"{task.name} {name}: C2ST {[round(c, 3) for c in record['c2st']]}")
-            record["sample seconds"] = time_sampling(posterior, xs, settings.samples)
-            say(f"{task.name} {name}: sample_batched(({settings.samples},), "
-                f"{len(xs)} observations) {record['sample seconds']:.1f} s")  # fmt: skip
         except Exception as error:  # noqa: BLE001 (recorded; the run goes on)
-            record = {"error": f"{type(error).__name__}: {error}"}
+            record["error"] = f"{type(error).__name__}: {error}"
             say(f"{task.name} {name}: {record['error']}")
-        out["estimators"][name] = record
-        save()
+            save()
 
 
 def summarise_sbi(results: list[dict]) -> list[dict]:
@@ -520,14 +525,12 @@ def summarise_sbi(results: list[dict]) -> list[dict]:
         runs = result.get("estimators", {})
         sbi = runs.get("sbi", {})
         for name, record in runs.items():
-            if name == "sbi" or "c2st" not in record:
+            if name == "sbi" or not ("c2st" in record or "sample seconds" in record):
                 continue
-            row = {
-                "task": result["task"],
-                "estimator": name,
-                "c2st": statistics.fmean(record["c2st"]),
-            }
-            if "c2st" in sbi:
+            row = {"task": result["task"], "estimator": name}
+            if record.get("c2st"):
+                row["c2st"] = statistics.fmean(record["c2st"])
+            if record.get("c2st") and sbi.get("c2st"):
                 row["sbi c2st"] = statistics.fmean(sbi["c2st"])
                 row["c2st difference"] = row["c2st"] - row["sbi c2st"]
                 row["c2st within slack"] = row["c2st difference"] <= C2ST_SLACK
@@ -646,10 +649,16 @@ def sbi_markdown(results: list[dict], summary: list[dict], settings: dict) -> li
             if "error" in r:
                 lines.append(f"| {result['task']} | {name} | {r['error']} |" + " |" * 5)
                 continue
+            if "parameters" not in r:
+                continue
+            scores = r.get("c2st") or []
             lines.append(
                 f"| {result['task']} | {name} | {r['parameters']:,} | {r['epochs']} | "
-                f"{r['train seconds']:.0f} | {', '.join(f'{c:.3f}' for c in r['c2st'])} | "
-                f"{statistics.fmean(r['c2st']):.3f} | {r['sample seconds']:.1f} |"
+                f"{r['train seconds']:.0f} | {', '.join(f'{c:.3f}' for c in scores) or 'n/a'} | "
+                + (f"{statistics.fmean(scores):.3f}" if scores else "n/a")
+                + " | "
+                + (f"{r['sample seconds']:.1f}" if "sample seconds" in r else "n/a")
+                + " |"
             )
     lines += ["", "| task | arflows estimator | C2ST − sbi's | within 0.02 | sampling speed-up "
               "over sbi | ≥ 10x |", "|---|---|---:|---:|---:|---:|"]  # fmt: skip
