@@ -13,7 +13,7 @@ def _doctest_torch(doctest_namespace: dict) -> None:
 
 # Modules of optional extras: their doctests only run where the extra is installed.
 collect_ignore = [
-    f"arflows/{module}.py"
-    for module, package in (("sklearn", "sklearn"), ("pyro", "pyro"), ("sbi", "sbi"))
+    f"arflows/{path}"
+    for path, package in (("sklearn", "sklearn"), ("pyro.py", "pyro"), ("sbi.py", "sbi"))
     if importlib.util.find_spec(package) is None
 ]

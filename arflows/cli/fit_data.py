@@ -31,7 +31,7 @@ from ..data import (
     load_dataset,
     read_table,
 )
-from ..flows import Flow, build, flow_classes, flow_options
+from ..flows import MAF, Flow, build, flow_classes, flow_options
 from ..train import Sizing, training_options
 from .common import CHUNK, fractions, scores, short, split
 
@@ -151,12 +151,18 @@ def build_flow(args: argparse.Namespace, data: Splits) -> Flow:
             f"--flow {args.flow} takes no {', '.join(missing)} argument "
             f"({'--bins is for spline flows' if 'bins' in missing else 'not a CLI flow'})"
         )
+    if data.context_columns and flow_classes()[args.flow.lower()] is MAF:
+        # The context's direct path to the first layer's shifts holds the regression start
+        # (arflows.flows.initialize_): the untrained flow is the linear-Gaussian regression.
+        options["skip"] = True
     return build(args.flow, len(data.columns), len(data.context_columns), **options)
 
 
 def sizing(data: Splits) -> Sizing:
     """The training options sized to the training rows (:func:`arflows.train.training_options`)."""
-    return training_options(data.counts["train"], len(data.columns))
+    return training_options(
+        data.counts["train"], len(data.columns), context=len(data.context_columns)
+    )
 
 
 def _base_options(args: argparse.Namespace, data: Splits) -> dict:

@@ -41,6 +41,7 @@ def fit_cv(
     folds: int = 5,
     epochs: int = 100,
     seed: int = 0,
+    rule: str = "best",
     **options: object,
 ) -> tuple[Flow, History, dict]:
     r"""Chooses the number of epochs by K-fold cross-validation, then refits on all rows.
@@ -52,6 +53,10 @@ def fit_cv(
         folds: The number of folds :math:`K \ge 2`.
         epochs: The most epochs of each fold's fit (and of the refit's schedule).
         seed: Seeds the folds and every fit.
+        rule: ``"best"``: the number of epochs of the best mean validation score;
+            ``"clear"``: that number only if its gain over the start beats one standard
+            error of the folds' gains, else 0 (the start): on small tables the folds' noise
+            alone makes some training length look best.
         options: Options of :func:`arflows.fit` (batch size, learning rate, patience, ...)
             for every fit; ``valid`` is not allowed (the folds are the validation).
 
@@ -63,6 +68,8 @@ def fit_cv(
     """
     if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
         raise ValueError(f"expected an integer `folds >= 2`, got {folds!r}")
+    if rule not in ("best", "clear"):
+        raise ValueError(f'expected `rule` "best" or "clear", got {rule!r}')
     if "valid" in options:
         raise ValueError("fit_cv validates on its folds: it takes no `valid`")
     n = len(x)
@@ -81,8 +88,13 @@ def fit_cv(
             seed=seed, **options,
         )  # fmt: skip
         curves.append(_curve(history, epochs))
-    curve = torch.tensor(curves, dtype=torch.float64).mean(0)
+    per_fold = torch.tensor(curves, dtype=torch.float64)  # (folds, epochs + 1)
+    curve = per_fold.mean(0)
     chosen = int(torch.argmax(torch.nan_to_num(curve, nan=-math.inf)))
+    if rule == "clear" and chosen > 0 and bool(per_fold[:, 0].isfinite().all()):
+        gains = per_fold[:, chosen] - per_fold[:, 0]
+        if not bool(gains.mean() > gains.std() / math.sqrt(folds)):  # NaN: not clear
+            chosen = 0
     flow = make_flow()
     summary = {"curve": curve.tolist(), "epochs": chosen, "folds": folds}
     if chosen == 0 and data_initialized(flow):

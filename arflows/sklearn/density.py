@@ -1,4 +1,4 @@
-r"""A scikit-learn density estimator backed by a flow; needs the extra ``arflows[sklearn]``.
+r"""A scikit-learn density estimator backed by a flow.
 
 :class:`FlowDensity` follows :class:`sklearn.neighbors.KernelDensity` and
 :class:`sklearn.mixture.GaussianMixture`: ``fit(X)``, ``score_samples(X)`` (log-densities),
@@ -22,33 +22,13 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator, DensityMixin
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted
 
-try:
-    from sklearn.base import BaseEstimator, DensityMixin
-    from sklearn.utils import check_random_state
-    from sklearn.utils.validation import check_is_fitted
-except ImportError as error:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        "arflows.sklearn needs scikit-learn; install it with `pip install 'arflows[sklearn]'`"
-    ) from error
-
-from .flows import Flow, build, flow_classes, flow_options, log_prob
-from .train import History, fit
-
-
-def _validate(estimator: BaseEstimator, X: object, reset: bool) -> np.ndarray:
-    """Checks ``X`` as a 2-D finite float64 array and records or checks its features."""
-    options = dict(dtype=np.float64, ensure_min_samples=2 if reset else 1)
-    try:
-        from sklearn.utils.validation import validate_data
-    except ImportError:  # scikit-learn < 1.6
-        return estimator._validate_data(X, reset=reset, **options)
-    return validate_data(estimator, X, reset=reset, **options)
-
-
-def _tensor(X: np.ndarray) -> torch.Tensor:
-    # A copy: X may be a read-only memory map, which torch cannot share.
-    return torch.tensor(X, dtype=torch.float64)
+from ..flows import Flow, build, flow_classes, flow_options, log_prob
+from ..train import History, fit
+from .validation import as_tensor, validate_rows
 
 
 class FlowDensity(DensityMixin, BaseEstimator):
@@ -160,7 +140,7 @@ class FlowDensity(DensityMixin, BaseEstimator):
         Returns:
             The fitted estimator.
         """
-        X = _validate(self, X, reset=True)
+        X = validate_rows(self, X, reset=True)
         seed = int(check_random_state(self.seed).randint(2**31 - 1))
         # The weights come from torch's global generator: seed it without touching the caller's.
         with torch.random.fork_rng(devices=[]):
@@ -168,7 +148,7 @@ class FlowDensity(DensityMixin, BaseEstimator):
             flow = self._build(X.shape[1])
             history = fit(
                 flow,
-                _tensor(X),
+                as_tensor(X),
                 valid=self.valid,
                 epochs=self.epochs,
                 batch_size=self.batch_size,
@@ -193,7 +173,7 @@ class FlowDensity(DensityMixin, BaseEstimator):
             The log-densities in nats, a float64 array with shape :math:`(N,)`.
         """
         check_is_fitted(self)
-        return log_prob(self.flow_, _tensor(_validate(self, X, reset=False))).numpy()
+        return log_prob(self.flow_, as_tensor(validate_rows(self, X, reset=False))).numpy()
 
     def score(self, X: object, y: None = None) -> float:
         r"""The average log-likelihood per row, :math:`\frac1N \sum_n \log p(x_n)`.
