@@ -686,7 +686,7 @@ def sbi_markdown(results: list[dict], summary: list[dict], settings: dict) -> li
     return lines + [""]
 
 
-LEGEND = """\
+REGRESSION_LEGEND = """\
 Regression: each seed draws a random 80/20 train/test split of the table; every model is fitted
 on the train rows and scored on the test rows. Log-likelihoods are per test row, in nats, of
 the target in its own units (mean ± sd over seeds; higher is better). `linear`: least squares
@@ -694,8 +694,9 @@ with Gaussian noise of the unbiased residual variance. `ngboost`: `NGBRegressor(
 (Normal). `arflows`: `arflows.sklearn.FlowRegressor(seed=seed)`, every option at its default.
 *margin*: arflows' mean minus the best baseline's. Coverage: the share of test targets inside
 each model's central 90% interval (mean ± sd over seeds). *fit s*: mean seconds per fit and
-test scoring.
+test scoring."""
 
+SBI_LEGEND = """\
 SBI: each task's simulations train every estimator with `NPE(...).train()` defaults. C2ST:
 `sbi.utils.metrics.c2st(reference, samples, classifier="mlp")` (sbibm's MLP classifier,
 5-fold cross-validated accuracy; 0.5 is indistinguishable), for each fixed observation
@@ -714,7 +715,8 @@ def markdown(meta: dict, checks: list, regression: tuple | None, sbi: tuple | No
         lines += regression_markdown(*regression)
     if sbi:
         lines += sbi_markdown(*sbi)
-    return "\n".join(lines + [LEGEND]) + "\n"
+    legends = [REGRESSION_LEGEND] * bool(regression) + [SBI_LEGEND] * bool(sbi)
+    return "\n".join(lines + ["\n\n".join(legends)]) + "\n"
 
 
 # --------------------------------------------------------------------------- main
