@@ -20,6 +20,7 @@ from __future__ import annotations
 
 __all__ = ["fit_cv"]
 
+import inspect
 import math
 from collections.abc import Callable
 
@@ -63,8 +64,9 @@ def fit_cv(
     Returns:
         The refitted flow, its :class:`History`, and the cross-validation summary:
         ``"curve"`` (the mean validation log-likelihood over folds after each epoch, the
-        start first), ``"epochs"`` (the number chosen; 0 keeps the fitted start) and
-        ``"folds"``.
+        start first), ``"epochs"`` (the number chosen; 0 keeps the fitted start),
+        ``"folds"``, and ``"refit_epochs"`` (the refit's epochs, of as many optimiser steps
+        as the chosen epochs of a fold; absent when the start is kept).
     """
     if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
         raise ValueError(f"expected an integer `folds >= 2`, got {folds!r}")
@@ -103,14 +105,22 @@ def fit_cv(
         history.start.pop("mixture", None)
         return flow, history, summary
 
-    def stop_at_chosen(epoch: int, history: History, flow: Flow) -> bool:
-        return epoch + 1 >= chosen
+    # A fold's fit sees (K - 1) / K of the rows, so fewer steps per epoch than the refit on
+    # all of them: the refit counts its epochs so that it takes the same optimiser steps on
+    # the same schedule as the chosen training length of the folds.
+    batch = options.get("batch_size", inspect.signature(fit).parameters["batch_size"].default)
+    ratio = math.ceil((n - n // folds) / batch) / math.ceil(n / batch)
+    stop = max(1, round(chosen * ratio))
+    summary["refit_epochs"] = stop
 
-    # The same schedule as the folds' fits (over `epochs`), stopped at the chosen epoch.
+    def stop_at_chosen(epoch: int, history: History, flow: Flow) -> bool:
+        return epoch + 1 >= stop
+
     callbacks = (*options.pop("callbacks", ()), stop_at_chosen)
     history = fit(
-        flow, x, context, valid=None, epochs=epochs, seed=seed, callbacks=callbacks, **options
-    )
+        flow, x, context, valid=None, epochs=max(stop, round(epochs * ratio)), seed=seed,
+        callbacks=callbacks, **options,
+    )  # fmt: skip
     return flow, history, summary
 
 
