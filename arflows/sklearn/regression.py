@@ -202,13 +202,31 @@ class FlowRegressor(RegressorMixin, BaseEstimator):
     # --- options -----------------------------------------------------------------------------
 
     def _folds(self, rows: int) -> int | None:
+        """The number of folds for ``rows`` rows, or ``None`` to hold out ``valid``."""
         folds = self.folds
-        if folds is None:
-            return None
         if folds == "auto":
             # A held-out share of under 200 rows judges early stopping on its noise.
-            return 5 if self.valid * rows < 200 else None
-        return check_count("folds", folds, 2)
+            folds = 5 if self.valid * rows < 200 else None
+        # Every fold then trains on at least 2 rows, and holds out at least one.
+        return None if folds is None else min(check_count("folds", folds, 2), rows // 2)
+
+    def _training(self, rows: int, targets: int, context: int) -> tuple[dict, tuple[int, ...]]:
+        """The options of :func:`arflows.fit` and the hidden widths: given, else sized."""
+        sized = training_options(max(rows, 1), targets, context=context)
+        hidden = self.hidden_features or sized.hidden_features
+        if isinstance(hidden, numbers.Integral):
+            hidden = (hidden,)
+        hidden = tuple(check_count("hidden_features", h) for h in hidden)
+        options = dict(
+            epochs=self.epochs or sized.epochs,
+            batch_size=self.batch_size or sized.batch_size,
+            lr=self.lr,
+            weight_decay=sized.weight_decay if self.weight_decay is None else self.weight_decay,
+            patience=self.patience or sized.patience,
+            warmup=sized.warmup,
+            progress=self.progress,
+        )
+        return options, hidden
 
     def _check_options(self) -> None:
         if self.point not in _POINTS:
@@ -254,7 +272,7 @@ class FlowRegressor(RegressorMixin, BaseEstimator):
         r"""Fits :math:`p(y \mid x)` to the rows of ``X`` and ``y`` by maximum likelihood.
 
         Args:
-            X: The features, array-like with shape :math:`(N, C)`, :math:`N \ge 2`.
+            X: The features, array-like with shape :math:`(N, C)`, :math:`N \ge 4`.
             y: The targets, array-like with shape :math:`(N,)` or :math:`(N, T)`.
 
         Returns:
@@ -271,22 +289,8 @@ class FlowRegressor(RegressorMixin, BaseEstimator):
         if n < 4:
             raise ValueError(f"expected at least 4 rows to fit and validate on, got {n}")
         folds = self._folds(n)
-        if folds is not None:
-            folds = min(folds, n // 2)  # every fold then trains on at least 2 rows
-        train_rows = n if folds is not None else n - max(1, round(self.valid * n))
-        sized = training_options(max(train_rows, 1), targets, context=X.shape[1])
-        hidden = self.hidden_features or sized.hidden_features
-        if isinstance(hidden, numbers.Integral):
-            hidden = (hidden,)
-        hidden = tuple(check_count("hidden_features", h) for h in hidden)
-        options = dict(
-            epochs=self.epochs or sized.epochs,
-            batch_size=self.batch_size or sized.batch_size,
-            lr=self.lr,
-            weight_decay=sized.weight_decay if self.weight_decay is None else self.weight_decay,
-            patience=self.patience or sized.patience,
-            warmup=sized.warmup,
-            progress=self.progress,
+        options, hidden = self._training(
+            n if folds is not None else n - round(self.valid * n), targets, X.shape[1]
         )
         build_options = self._flow_options(targets, hidden)
         x, c = as_tensor(Y), as_tensor(X)
