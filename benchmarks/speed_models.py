@@ -357,10 +357,17 @@ def reinitialize(model: nn.Module) -> None:
     flows start at the identity, where the fixed-point inverse stops after two passes. Timing
     a non-identity flow, initialised the same way in every library, keeps the comparison fair.
     """
-    try:  # arflows' MADE layers that store only their connections (not nn.Linear)
-        from arflows.nn import PackedMaskedLinear
-    except ImportError:
-        PackedMaskedLinear = nn.Linear
+    packed = []
     for module in model.modules():
-        if isinstance(module, (nn.Linear, PackedMaskedLinear)):
+        if isinstance(module, nn.Linear):
             module.reset_parameters()
+        elif isinstance(getattr(module, "packed", None), nn.Parameter):
+            packed.append(module)
+    for made in packed:  # an arflows MADE that stores only its connections: via its state dict
+        state = made.state_dict()
+        for key in [k for k in state if k.endswith(".mask")]:
+            layer = nn.Linear(*state[key].shape[::-1], bias=key.replace("mask", "bias") in state)
+            state[key.replace("mask", "weight")] = layer.weight.detach()
+            if layer.bias is not None:
+                state[key.replace("mask", "bias")] = layer.bias.detach()
+        made.load_state_dict(state)
