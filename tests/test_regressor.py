@@ -25,16 +25,12 @@ from arflows.flows import MAF, initialize_  # noqa: E402
 from arflows.sklearn import FlowDensity, FlowRegressor  # noqa: E402
 from arflows.sklearn.regression import SKLEARN_CHECKS_NOT_APPLICABLE  # noqa: E402
 
-TINY = dict(
-    hidden_features=(4,), epochs=1, samples=50, folds=None, base="gaussian", marginals=False
-)
+TINY = dict(hidden_features=(4,), epochs=1, samples=50, folds=None, base="gaussian")
 RIDGE = (0.0, 1e-4, 1e-3, 1e-2, 0.03, 0.1, 0.3, 1.0, 3.0)  # as flows.initialize tries them
 
 
 def small(**kwargs):
-    options = dict(
-        hidden_features=(8,), epochs=3, folds=None, base="gaussian", marginals=False, samples=200
-    )
+    options = dict(hidden_features=(8,), epochs=3, folds=None, base="gaussian", samples=200)
     return FlowRegressor(**{**options, **kwargs})
 
 
@@ -236,7 +232,6 @@ def test_bad_data_is_refused(X, y, match):
         (dict(point="mode"), "point"),
         (dict(flow="nope"), "flow"),
         (dict(base="student"), "base"),
-        (dict(marginals="yes"), "marginals"),
         (dict(valid=1.5), "valid"),
         (dict(folds=1), "folds >= 2"),
         (dict(samples=0), "samples >= 1"),
@@ -299,22 +294,3 @@ def test_fit_cv_refuses_an_unknown_rule():
 
     with pytest.raises(ValueError, match='"best" or "clear"'):
         fit_cv(lambda: MAF(1), torch.randn(10, 1), rule="median")
-
-
-def test_marginal_maps_are_chosen_only_where_they_clearly_help():
-    from arflows.train.start import choose_marginals
-
-    def make():
-        options = dict(base="gaussian", marginals=True, skip=True)
-        return MAF(1, context=1, transforms=1, hidden_features=(4,), **options)
-
-    rng = np.random.default_rng(0)
-    c = torch.as_tensor(rng.normal(size=(400, 1)))
-    skewed = torch.exp(c + torch.as_tensor(rng.normal(size=(400, 1))))  # log-normal noise
-    chosen = choose_marginals(lambda: make().double(), skewed, c)
-    assert chosen["marginals"] and chosen["gain"] > 3 * chosen["standard_error"] > 0
-    normal = c + torch.as_tensor(rng.normal(size=(400, 1)))
-    assert not choose_marginals(lambda: make().double(), normal[:12], c[:12])["marginals"]
-    # The regressor's default asks the same question.
-    model = small(marginals="auto").fit(c.numpy(), skewed[:, 0].numpy())
-    assert model.marginals_ and model.flow_.config["arguments"]["marginals"] is True

@@ -31,7 +31,6 @@ __all__ = ["FlowRegressor", "SKLEARN_CHECKS_NOT_APPLICABLE"]
 import contextlib
 import numbers
 from collections.abc import Callable, Iterator, Sequence
-from functools import partial
 
 import numpy as np
 import torch
@@ -50,7 +49,6 @@ from ..flows import (
     quantiles,
 )
 from ..train import History, fit, fit_cv, training_options
-from ..train.start import choose_marginals
 from .validation import as_tensor, check_count, forked_seed, validate_rows, validate_targets
 
 _POINTS = ("mean", "median")
@@ -115,10 +113,9 @@ class FlowRegressor(RegressorMixin, BaseEstimator):
             ``"normal"`` (a standard normal: no fitted start), for flows that take ``base``.
         components: The most components of the ``"gmm"`` base.
         marginals: Per-target monotone maps, fitted to Gaussianise each target's marginal
-            distribution before the regression (for flows that take them, with a fitted
-            base). ``"auto"``: only if they clearly improve the start out of sample, by 5-fold
-            cross-validation of the start (:func:`arflows.train.start.choose_marginals`):
-            a skewed target gains, while on few rows the maps fit the rows' noise.
+            distribution before the regression (for flows that take them). Off by default:
+            the marginal of :math:`y` is not the distribution of the noise, and on few rows
+            the maps fit the rows' noise.
         epochs: The most training epochs; ``None``: sized (about 4,000 steps).
         batch_size: The mini-batch size; ``None``: sized (a tenth of the rows, 16 to 256).
         lr: The learning rate (cosine decay, with warm-up).
@@ -139,7 +136,6 @@ class FlowRegressor(RegressorMixin, BaseEstimator):
         flow_: The fitted conditional :class:`~arflows.Flow` (float64, evaluation mode).
         history_: The training :class:`~arflows.History` (of the refit with ``folds``).
         cv_: The cross-validation summary of :func:`arflows.train.fit_cv`, or ``None``.
-        marginals_: Whether the flow has marginal maps (the choice of ``"auto"``).
         n_targets_: The number of targets :math:`T`.
         n_features_in_: The number of features :math:`C` of ``X``.
         feature_names_in_: The column names, when ``X`` had string column names.
@@ -164,7 +160,7 @@ class FlowRegressor(RegressorMixin, BaseEstimator):
         hidden_features: Sequence[int] | None = None,
         base: str = "gmm",
         components: int = 8,
-        marginals: bool | str = "auto",
+        marginals: bool = False,
         epochs: int | None = None,
         batch_size: int | None = None,
         lr: float = 1e-3,
@@ -240,8 +236,6 @@ class FlowRegressor(RegressorMixin, BaseEstimator):
                 f"expected `flow` in {sorted(flow_classes())} (the flows of this arflows), "
                 f"got {self.flow!r}"
             )
-        if self.marginals not in (True, False, "auto"):
-            raise ValueError(f'expected `marginals` True, False or "auto", got {self.marginals!r}')
         if self.base not in _BASES:
             raise ValueError(f"expected `base` in {_BASES}, got {self.base!r}")
         if not isinstance(self.valid, numbers.Real) or not 0 < self.valid < 1:
@@ -256,7 +250,7 @@ class FlowRegressor(RegressorMixin, BaseEstimator):
         if self.patience is not None:
             check_count("patience", self.patience)
 
-    def _flow_options(self, targets: int, hidden: tuple[int, ...], marginals: bool) -> dict:
+    def _flow_options(self, targets: int, hidden: tuple[int, ...]) -> dict:
         """The flow's options: those of the estimator that the family takes."""
         cls = flow_classes()[self.flow.lower()]
         accepted = flow_options(cls)
@@ -266,7 +260,7 @@ class FlowRegressor(RegressorMixin, BaseEstimator):
             options["base"] = self.base
             if self.base == "gmm":
                 options["components"] = self.components
-        if marginals and options.get("base") in ("gmm", "gaussian"):
+        if self.marginals:
             options["marginals"] = True
         if cls is MAF:
             options["skip"] = True  # the context's direct path holds the regression start
@@ -298,21 +292,13 @@ class FlowRegressor(RegressorMixin, BaseEstimator):
         options, hidden = self._training(
             n if folds is not None else n - round(self.valid * n), targets, X.shape[1]
         )
+        build_options = self._flow_options(targets, hidden)
         x, c = as_tensor(Y), as_tensor(X)
         with forked_seed(self.seed) as seed, _threads(options["batch_size"]):
 
-            def flow_with(marginals: bool) -> Flow:
+            def make() -> Flow:
                 torch.manual_seed(seed)  # the same weights for every fold and the refit
-                options = self._flow_options(targets, hidden, marginals)
-                return build(self.flow, targets, X.shape[1], **options).double()
-
-            # Marginal maps only where the family and base take them, and, by default, help.
-            marginals = self._flow_options(targets, hidden, self.marginals is not False)
-            marginals = marginals.get("marginals", False)
-            if marginals and self.marginals == "auto":
-                chosen = choose_marginals(partial(flow_with, True), x, c, seed=seed)
-                marginals = chosen["marginals"]
-            make = partial(flow_with, bool(marginals))
+                return build(self.flow, targets, X.shape[1], **build_options).double()
 
             cv = None
             if folds is None:
@@ -325,7 +311,6 @@ class FlowRegressor(RegressorMixin, BaseEstimator):
         self.flow_: Flow = flow.eval()
         self.history_: History = history
         self.cv_: dict | None = cv
-        self.marginals_: bool = marginals
         self.n_targets_: int = targets
         self._one_target = one_target
         self._draw_seed = seed

@@ -11,16 +11,14 @@ stopping can keep it: a fit never ends below where it started.
 
 from __future__ import annotations
 
-__all__ = ["choose_marginals", "data_initialized", "start_from_data"]
+__all__ = ["data_initialized", "start_from_data"]
 
 import copy
 import math
-from collections.abc import Callable
 
 import torch
-from torch import Tensor
 
-from ..flows import Flow, GaussianMixture, MarginalSpline, initialize_, log_prob
+from ..flows import Flow, GaussianMixture, MarginalSpline, initialize_
 from .distributed import World
 from .history import History
 from .rows import TensorRows
@@ -87,56 +85,3 @@ def start_from_data(
     }
     history.start_valid = None if held is None else best.score
     return best
-
-
-@torch.no_grad()
-def choose_marginals(
-    make_flow: Callable[[], Flow],
-    x: Tensor,
-    c: Tensor | None = None,
-    *,
-    folds: int = 5,
-    seed: int = 0,
-) -> dict:
-    r"""Whether a flow's marginal maps improve its fitted start, by K-fold cross-validation.
-
-    Each fold's rows are scored under the start fitted (:func:`~arflows.flows.initialize_`)
-    to the other rows with and without the marginal maps. The maps are chosen only if their
-    mean gain per row beats one standard error of the per-row gains: on few rows a map fitted
-    to each column's empirical distribution follows the rows' noise, while on more rows a
-    skewed column gains clearly. Only the starts are fitted (no training), so this costs
-    ``2 * folds`` initialisations.
-
-    Args:
-        make_flow: Builds a fresh, untrained flow with marginal maps.
-        x: The rows, with shape :math:`(N, D)`, :math:`N \ge 4`.
-        c: Their contexts, with shape :math:`(N, C)`, or ``None``.
-        folds: The number of folds :math:`K \ge 2` (at most :math:`N / 2`).
-        seed: Seeds the folds and the starts' fits.
-
-    Returns:
-        ``"marginals"`` (the choice), ``"gain"`` (the mean out-of-fold gain per row of the
-        maps, in nats) and ``"standard_error"`` (of that mean).
-    """
-    n = len(x)
-    folds = min(folds, n // 2)
-    if folds < 2:
-        raise ValueError(f"expected at least 4 rows to cross-validate the start on, got {n}")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    gains = torch.empty(n, dtype=torch.float64)
-    for k in range(folds):
-        held = order[k::folds]
-        keep = torch.ones(n, dtype=torch.bool)
-        keep[held] = False
-        scores = []
-        for marginals in (True, False):
-            flow = make_flow()
-            fold_c = None if c is None else c[keep]
-            initialize_(flow, x[keep], fold_c, marginals=marginals, seed=seed)
-            held_c = None if c is None else c[held]
-            scores.append(log_prob(flow.eval(), x[held], held_c).double())
-        gains[held] = scores[0] - scores[1]
-    # A NaN or infinite gain (a held-out row outside what one start allows) is no evidence.
-    gain = gains.mean().item() if bool(gains.isfinite().all()) else -math.inf
-    error = gains.std().item() / math.sqrt(n) if math.isfinite(gain) else math.inf
-    return {"marginals": gain > error, "gain": gain, "standard_error": error}
