@@ -27,11 +27,16 @@ __all__ = [
     "is_int",
     "is_integer_dtype",
     "is_real",
+    "set_value_checks",
+    "unchecked_values",
+    "values_checked",
 ]
 
+import contextlib
 import math
 import numbers
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -194,3 +199,54 @@ def check_last_dim(x: Tensor, size: int, name: str | None = "x") -> None:
     if x.shape[-1:] != (size,):
         what = "shape" if name is None else f"{name} with shape"
         raise ValueError(f"expected {what} (*, {size}), got {tuple(x.shape)}")
+
+
+class _ValueChecks(threading.local):
+    """The process's switch, and each thread's count of open :func:`unchecked_values` blocks."""
+
+    enabled = True  # class attribute: one value for every thread
+
+    def __init__(self) -> None:
+        self.suspended = 0
+
+
+_VALUE_CHECKS = _ValueChecks()
+
+
+def values_checked() -> bool:
+    """Whether flows refuse NaN and infinite values passed to ``log_prob`` in this thread.
+
+    arflows keeps its own switch rather than following torch's
+    :meth:`~torch.distributions.Distribution.set_default_validate_args`: other libraries turn
+    torch's off for the whole process (importing ``sbi.inference`` does, through
+    ``torch._dynamo``), and a NaN in a user's data must not then pass unseen.
+    """
+    return _VALUE_CHECKS.enabled and not _VALUE_CHECKS.suspended
+
+
+def set_value_checks(enabled: bool) -> None:
+    """Turns the refusal of non-finite values on or off for every thread (on by default).
+
+    Example:
+        >>> set_value_checks(False); values_checked()
+        False
+        >>> set_value_checks(True); values_checked()
+        True
+    """
+    if not isinstance(enabled, bool):
+        raise TypeError(f"expected `enabled` to be a bool, got {enabled!r}")
+    _ValueChecks.enabled = enabled
+
+
+@contextlib.contextmanager
+def unchecked_values() -> Iterator[None]:
+    """Within the block, this thread's flows skip the finite-value checks (blocks nest).
+
+    For loops that checked their data once already (``fit`` checks every row before the
+    first epoch); other threads keep their checks.
+    """
+    _VALUE_CHECKS.suspended += 1
+    try:
+        yield
+    finally:
+        _VALUE_CHECKS.suspended -= 1

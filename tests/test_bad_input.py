@@ -284,6 +284,56 @@ def test_log_prob_refuses_non_finite_data_instead_of_returning_nan(name, value, 
         flow().log_prob(x)
 
 
+def test_nan_is_refused_with_torchs_validation_off_elsewhere():
+    # Importing sbi.inference (torch._dynamo) turns torch's switch off for the whole process;
+    # a user's NaN must still be named, not scored.
+    flow = arflows.MAF(2, transforms=1, hidden_features=(8,)).eval()
+    x = torch.tensor([[0.0, float("nan")]])
+    before = torch.distributions.Distribution._validate_args
+    torch.distributions.Distribution.set_default_validate_args(False)
+    try:
+        with pytest.raises(ValueError, match="holds NaN"):
+            flow().log_prob(x)
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(before)
+
+
+def test_value_checks_have_their_own_switch_and_a_per_thread_pause():
+    import threading
+
+    from arflows.checks import set_value_checks, unchecked_values
+
+    flow = arflows.MAF(2, transforms=1, hidden_features=(8,)).eval()
+    x = torch.tensor([[0.0, float("nan")]])
+    # torch's own check on the base distribution is off, as a fit's is.
+    torch.distributions.Distribution.set_default_validate_args(False)
+    set_value_checks(False)
+    try:
+        assert flow().log_prob(x).isnan().all()
+    finally:
+        set_value_checks(True)
+    refused = []
+
+    def other_thread():
+        try:
+            flow().log_prob(x)
+        except ValueError:
+            refused.append(True)
+
+    with unchecked_values():
+        assert flow().log_prob(x).isnan().all()
+        # A fit's pause in one thread leaves another thread's checks on.
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join()
+    assert refused == [True]
+    torch.distributions.Distribution.set_default_validate_args(True)
+    with pytest.raises(ValueError, match="holds NaN"):
+        flow().log_prob(x)
+    with pytest.raises(TypeError, match="bool"):
+        set_value_checks(1)
+
+
 @pytest.mark.parametrize("name", BUILD)
 def test_log_prob_converts_integers_and_refuses_other_types(name):
     flow = BUILD[name]().eval()

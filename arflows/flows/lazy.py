@@ -26,6 +26,7 @@ import torch
 from torch import Size, Tensor, nn
 from torch.distributions import Distribution
 
+from ..checks import values_checked
 from ..transforms import ComposedTransform, SupportTransform, Transform, support_bounds
 from ..transforms.support import SHARPNESS
 from .standardize import Moments, Standardization
@@ -161,7 +162,7 @@ def checked_values(
             f"expected `{name}` on {device} (the flow's device), got it on {value.device}; "
             f"move it with .to({str(device)!r}) or the flow with .to({str(value.device)!r})"
         )
-    if Distribution._validate_args and value.numel():
+    if value.numel() and values_checked():
         bad = value.isnan()
         if bounded is None:
             bad = bad | value.isinf()

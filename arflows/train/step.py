@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 from torch.nn.parallel import DistributedDataParallel
 
+from ..checks import unchecked_values
 from ..flows import BatchNorm, Flow, FlowLogProb
 from .distributed import World
 from .rows import Rows
@@ -300,9 +301,12 @@ def unvalidated() -> Iterator[None]:
     so it holds for the whole process while a block runs. Blocks share one count: the first
     to enter turns validation off, the last to leave restores what the first found, even when
     a block raises; so fits in several threads, or nested ones, leave the flag as it was.
+    arflows' own finite-value checks (:func:`arflows.checks.unchecked_values`) are off in
+    this thread only.
     """
     _UNVALIDATED.enter()
     try:
-        yield
+        with unchecked_values():
+            yield
     finally:
         _UNVALIDATED.exit()
