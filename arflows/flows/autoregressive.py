@@ -58,11 +58,11 @@ def univariate_map(
         params: One tensor per shape, :math:`(*, F)` for scalars or :math:`(*, F, k)` with
             :math:`k` the product of the shape; reshaped to :math:`(*, F, *shape)`.
     """
-    params = [
-        p.reshape(*p.shape[: p.dim() - (math.prod(s) > 1)], *s)
-        for p, s in zip(params, shapes, strict=True)
-    ]
-    return univariate(*params, **kwargs)
+    shaped = []
+    for p, s in zip(params, shapes, strict=True):
+        shape = (*p.shape[: p.dim() - (math.prod(s) > 1)], *s)
+        shaped.append(p if p.shape == shape else p.reshape(shape))  # mostly shaped already
+    return univariate(*shaped, **kwargs)
 
 
 class MaskedAutoregressiveTransform(LazyTransform):

@@ -243,7 +243,9 @@ class NormalizingFlow(Distribution):
         self._check(x)
         n = len(self.event_shape)
         try:
-            batch = torch.broadcast_shapes(x.shape[: x.dim() - n], self.batch_shape)
+            batch = x.shape[: x.dim() - n]
+            if batch != self.batch_shape and self.batch_shape:  # (a cheap common case first)
+                batch = torch.broadcast_shapes(batch, self.batch_shape)
         except RuntimeError:
             raise ValueError(
                 f"x with shape {tuple(x.shape)} does not broadcast against the batch shape "

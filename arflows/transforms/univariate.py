@@ -146,8 +146,9 @@ class MonotonicAffineTransform(Transform):
         return (y - self.shift) * torch.exp(-self.log_scale)
 
     def _ladj(self, x: Tensor) -> Tensor:
-        shape = torch.broadcast_shapes(x.shape, self.log_scale.shape)
-        return self.log_scale.expand(shape)
+        if x.shape == self.log_scale.shape:  # the usual case, without broadcasting's cost
+            return self.log_scale
+        return self.log_scale.expand(torch.broadcast_shapes(x.shape, self.log_scale.shape))
 
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:  # noqa: D102
         return self._ladj(x)
