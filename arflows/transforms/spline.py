@@ -23,11 +23,34 @@ _UNIT_SHIFT = math.log(math.expm1(1 - MIN_DERIVATIVE))
 
 
 def _cumulative(unnormalized: Tensor) -> Tensor:
-    """Unnormalised cumulative bin sizes, with a leading zero: (*, K) -> (*, K + 1)."""
+    """Unnormalised cumulative bin sizes, without the leading zero: (*, K) -> (*, K)."""
     # softmax by hand (torch's CPU kernel is slow on a short last dim) and unnormalised: the
     # division by the total is done after the gather, on K times fewer values.
     e = (unnormalized - unnormalized.amax(dim=-1, keepdim=True)).exp()
-    return F.pad(torch.cumsum(e, dim=-1), (1, 0))
+    return torch.cumsum(e, dim=-1)
+
+
+def _count_below(knots: Tensor, u: Tensor) -> Tensor:
+    """How many of the ``knots`` (*, J) lie strictly below ``u`` (*, 1): int64 (*, 1)."""
+    if knots.shape[-1] > 16 or knots.numel() < 2**16:
+        return (u > knots).sum(dim=-1, keepdim=True)
+    # Many rows and a few knots: one comparison each, added in place (the sum of a large
+    # (*, J) boolean tensor first converts all of it to int64, which costs more).
+    count = (u > knots[..., :1]).long()
+    for j in range(1, knots.shape[-1]):
+        count += u > knots[..., j : j + 1]
+    return count
+
+
+def _edges(table: Tensor, k: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+    """``table[k - 1]`` (0 where ``k == 0``) and ``table[index[..., 1]]``, in one gather.
+
+    Bin ``k``'s two edges from a table of the edges after the first (the cumulative sums, or
+    the inner knots' derivatives), with ``index`` holding ``max(k - 1, 0)`` and the upper
+    index: one gather (one scatter backward) and no padded copy of the table. (*, 1) each.
+    """
+    lo, hi = table.gather(-1, index).split(1, dim=-1)
+    return torch.where(k > 0, lo, 0), hi
 
 
 class MonotonicRQSTransform(Transform):
@@ -101,42 +124,47 @@ class MonotonicRQSTransform(Transform):
         return Size((bins,)), Size((bins,)), Size((bins - 1,))
 
     def _bin(self, v: Tensor, inverse: bool) -> tuple[Tensor, ...]:
-        r"""The geometry of the bin holding each clamped value, each with the shape of ``v``.
+        r"""The bin holding each clamped value: its knots, sizes and end derivatives.
 
         Knot :math:`j` of :math:`K` lies at :math:`B (2 p_j - 1)` with
         :math:`p_j = m j + (1 - m K)\, S_j / S_K`, :math:`m` the smallest bin and :math:`S`
         the cumulative sums of the exponentiated parameters. Only the bin search touches every
         knot; the rest is computed after gathering the two knots of each value's bin.
+
+        Returns:
+            :math:`x_k`, the width, :math:`y_k`, the height, :math:`\delta_k` and
+            :math:`\delta_{k+1}`, each with the batch shape; the bin is searched among the
+            :math:`x` knots, or the :math:`y` knots with ``inverse``.
         """
         bins, bound = self.widths.shape[-1], self.bound
         search, other = (self.heights, self.widths) if inverse else (self.widths, self.heights)
         shape = torch.broadcast_shapes(v.shape, search.shape[:-1])
-        v = v.expand(shape)
 
         def full(t: Tensor) -> Tensor:
             return t.expand(*shape, t.shape[-1])
 
-        cum = full(_cumulative(search))  # (*, K + 1)
-        total = cum[..., -1:]
-        scale = (1 - MIN_BIN * bins) / total  # (*, 1)
+        cum = full(_cumulative(search))  # (*, K), without the leading zero
+        scale = (1 - MIN_BIN * bins) / cum[..., -1:]  # (*, 1)
         j = torch.arange(1, bins, dtype=v.dtype, device=v.device)
-        inner = MIN_BIN * j + scale * cum[..., 1:-1]  # inner knots in [0, 1], (*, K - 1)
-        k = ((v[..., None] + bound) / (2 * bound) > inner).sum(dim=-1, keepdim=True)  # (*, 1)
+        inner = MIN_BIN * j + scale * cum[..., :-1]  # inner knots in [0, 1], (*, K - 1)
+        k = _count_below(inner, ((v + bound) / (2 * bound)).expand(shape)[..., None])  # (*, 1)
+        below = (k - 1).clamp(min=0)
+        index = torch.cat((below, k), dim=-1)  # (*, 2): bin k's edges in the sums
+        low = k.to(v.dtype) * MIN_BIN
 
         def knots(cum: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
-            lo, hi = cum.gather(-1, k), cum.gather(-1, k + 1)
-            start = bound * (2 * (MIN_BIN * k + scale * lo) - 1)
+            lo, hi = _edges(cum, k, index)
+            start = bound * (2 * (low + scale * lo) - 1)
             return start[..., 0], (2 * bound * (MIN_BIN + scale * (hi - lo)))[..., 0]
 
         v_k, v_size = knots(cum, scale)
         cum = full(_cumulative(other))
         u_k, u_size = knots(cum, (1 - MIN_BIN * bins) / cum[..., -1:])
         # Unit derivatives at the outer knots: zero unconstrained values give exactly 1.
-        d = full(F.pad(self.derivatives, (1, 1)))
-        d = MIN_DERIVATIVE + F.softplus(
-            torch.cat((d.gather(-1, k), d.gather(-1, k + 1)), -1) + _UNIT_SHIFT
-        )
-        d0, d1 = d.unbind(-1)
+        index = torch.cat((below, k.clamp(max=bins - 2)), dim=-1)
+        d0, d1 = _edges(full(self.derivatives), k, index)
+        d = torch.cat((d0, torch.where(k < bins - 1, d1, 0)), dim=-1)
+        d0, d1 = (MIN_DERIVATIVE + F.softplus(d + _UNIT_SHIFT)).unbind(-1)
         if inverse:
             return u_k, u_size, v_k, v_size, d0, d1
         return v_k, v_size, u_k, u_size, d0, d1
@@ -147,12 +175,13 @@ class MonotonicRQSTransform(Transform):
         x_k, w, y_k, h, d0, d1 = self._bin(xc, inverse=False)
         s = h / w
         xi = ((xc - x_k) / w).clamp(0, 1)
-        xi1 = xi * (1 - xi)
-        denom = s + (d1 + d0 - 2 * s) * xi1
-        y = y_k + h * (s * xi.square() + d0 * xi1) / denom
-        slope = s.square() * (d1 * xi.square() + 2 * s * xi1 + d0 * (1 - xi).square())
+        rest, xi2, s2 = 1 - xi, xi.square(), 2 * s
+        xi1 = xi * rest
+        denom = s + (d1 + d0 - s2) * xi1
+        y = y_k + h * (s * xi2 + d0 * xi1) / denom
+        slope = s.square() * (d1 * xi2 + s2 * xi1 + d0 * rest.square())
         ladj = torch.log(slope) - 2 * torch.log(denom)
-        return torch.where(inside, y, x), torch.where(inside, ladj, torch.zeros_like(ladj))
+        return torch.where(inside, y, x), torch.where(inside, ladj, 0)
 
     def _call(self, x: Tensor) -> Tensor:
         return self._forward(x)[0]
