@@ -155,7 +155,7 @@ def test_save_input_errors(tmp_path):
     with pytest.raises(TypeError, match="expected `flow` to be an arflows Flow"):
         save(nn.Linear(2, 2), tmp_path / "m")
     with torch.no_grad():
-        flow.transforms[0].made.layers[0].weight[0, 0] = float("nan")
+        flow.transforms[0].made.packed[0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         save(flow, tmp_path / "m")
     assert list(tmp_path.iterdir()) == []

@@ -165,7 +165,7 @@ class AutoregressiveMoG(Distribution):
 
     def rsample(self, sample_shape: Size | Sequence[int] = ()) -> Tensor:
         r"""Reparameterised samples, with shape ``sample_shape + batch_shape + (D,)``."""
-        weight = self.made.layers[0].weight
+        weight = self.made.packed  # (its dtype and device)
         shape = Size(sample_shape) + self.batch_shape + self.event_shape
         z = torch.randn(shape, dtype=weight.dtype, device=weight.device)
         return self.from_noise(z)

@@ -109,7 +109,7 @@ def _base_mixture(base: Distribution) -> tuple[Tensor, Tensor, Tensor] | None:
             log_scale.expand(shape),
         )
     if isinstance(base, AutoregressiveMoG):
-        weight = base.made.layers[0].weight
+        weight = base.made.packed  # (its dtype and device)
         # One feature: its mixture depends on the context only, so any x gives it.
         x = torch.zeros(*base.batch_shape, 1, dtype=weight.dtype, device=weight.device)
         return base.params(x)

@@ -52,9 +52,19 @@ from torch.autograd.function import FunctionCtx
 
 from ..checks import check_at_least, check_int
 from .masks import mask
+from .packed import Layout, block_layout, packed_block_linear, unpack
 
 if TYPE_CHECKING:  # the MADE module imports this one
     from .made import MADE
+
+
+def split_params(out: Tensor, param_dims: tuple[int, ...]) -> tuple[Tensor, ...]:
+    r"""Splits a ``(*, D, P)`` output into one tensor per ``param_dims`` entry.
+
+    An entry ``k`` gives a ``(*, D)`` tensor if ``k == 1`` and a ``(*, D, k)`` tensor otherwise.
+    """
+    parts = out.split(tuple(param_dims), dim=-1)
+    return tuple(p.squeeze(-1) if k == 1 else p for p, k in zip(parts, param_dims, strict=True))
 
 
 @dataclass(frozen=True)
@@ -320,47 +330,42 @@ class _BlockLinear(torch.autograd.Function):
 # block's product does about this many multiply-adds (with the whole input width as its
 # range) and has this many rows; below, the smaller products run less efficiently than one
 # dense product, and the blocks' overhead (more, smaller calls) eats the saving. Training
-# blocks the two backward products too, which are smaller still: it needs more of both.
+# blocks the backward products the same way (each the size of the forward one) and, with
+# packed weights (arflows.nn.packed), no longer pays for the masked half of the weight
+# gradient: the same sizes pay (measured at width 512 and batch 512: 0.8x the dense time).
 _WORK = 32 * 2**20
-_WORK_GRAD = 64 * 2**20
 _ROWS = 128
-_ROWS_GRAD = 128
 _MAX_BLOCKS = 8  # more blocks save little more work and add small, slow products
-# Two blocks save a quarter of the work; with gradients, less than the overhead of blocking
-# the backward pass (measured: no gain at width 512), so training needs three or more.
-_MIN_BLOCKS_GRAD = 3
 
 
-def auto_blocks(rows: int, out_features: int, in_features: int, grad: bool = False) -> int:
+def auto_blocks(rows: int, out_features: int, in_features: int) -> int:
     r"""The number of row blocks that makes a masked layer's product fastest, from its size.
 
     A masked layer with :math:`B` blocks does about :math:`(1 + 1 / B) / 2` of the dense
     work, but in :math:`B` smaller products. This picks the most blocks (at most 8) such that
     each does enough work to run near the machine's peak, :math:`O I N / B \ge W`, and has
-    enough rows, :math:`O / B \ge R`, with :math:`W = 2^{25}` and :math:`R = 64`. When
-    gradients are computed the backward products are blocked too, and need more:
-    :math:`W = 2^{26}`, :math:`R = 256` and at least 3 blocks. These were measured on a
-    2-core CPU in float32 on MADE layers; float64 products are slower, so blocks pay there at
-    least as well.
+    enough rows, :math:`O / B \ge R`, with :math:`W = 2^{25}` and :math:`R = 128`, and uses
+    one plain product below two blocks. The backward pass's products have the forward one's
+    sizes, so the same choice serves training. These were measured on a 2-core CPU in float32
+    on MADE layers; float64 products are slower, so blocks pay there at least as well.
 
     Args:
         rows: The number of rows :math:`N` the layer is applied to.
         out_features: The layer's output width :math:`O`.
         in_features: The layer's input width :math:`I`.
-        grad: Whether gradients will be computed.
 
     Returns:
         The number of blocks :math:`B`; 1 means one plain product.
 
     Example:
-        >>> auto_blocks(10_000, 512, 512), auto_blocks(512, 1024, 1024, grad=True)
-        (4, 8)
-        >>> auto_blocks(512, 256, 256), auto_blocks(512, 512, 512, grad=True)  # too small
+        >>> auto_blocks(10_000, 512, 512), auto_blocks(512, 1024, 1024), auto_blocks(512, 512, 512)
+        (4, 8, 4)
+        >>> auto_blocks(512, 256, 256), auto_blocks(10_000, 128, 128)  # too small
         (1, 1)
     """
-    work = out_features * in_features * rows // (_WORK_GRAD if grad else _WORK)
-    blocks = min(_MAX_BLOCKS, out_features // (_ROWS_GRAD if grad else _ROWS), work)
-    return blocks if blocks >= (_MIN_BLOCKS_GRAD if grad else 2) else 1
+    work = out_features * in_features * rows // _WORK
+    blocks = min(_MAX_BLOCKS, out_features // _ROWS, work)
+    return blocks if blocks >= 2 else 1
 
 
 _BLOCKS = "expected `{name}` 'auto', None or an int >= {low}, got {value!r}"
@@ -377,12 +382,16 @@ def made_blocks(made: MADE, x: Tensor) -> tuple[int, ...] | None:
         # Tuned on CPU, in float32 and float64; elsewhere the dense path is kept.
         if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
             return None
-        n, grad = x.shape[:-1].numel(), torch.is_grad_enabled()
-        choice = tuple(
-            1 if layer is None else auto_blocks(n, *layer.weight.shape, grad=grad)
-            for layer in layers
-        )
-        return None if max(choice) == 1 else choice
+        n = x.shape[:-1].numel()
+        if n not in made._choices:  # (a few sizes recur: the batch, the validation chunks)
+            if len(made._choices) > 64:
+                made._choices.clear()
+            choice = tuple(
+                1 if layer is None else auto_blocks(n, layer.out_features, layer.in_features)
+                for layer in layers
+            )
+            made._choices[n] = None if max(choice) == 1 else choice
+        return made._choices[n]
     if blocks is None:
         return None
     check_int("blocks", blocks, 1, message=_BLOCKS)
@@ -399,12 +408,15 @@ class MADEPlans:
         inputs: The permutation sorting the inputs by degree, or ``None`` if their order is
             monotone (the same for the first layer's and the skip layer's columns).
         outputs: The same for the output rows (the last layer's and the skip layer's rows).
+        layout: Where the MADE's packed weights go for these plans: each layer's blocks
+            (:func:`~arflows.nn.packed.block_layout`).
     """
 
     layers: list[BlockPlan]
     skip: BlockPlan | None
     inputs: Permutation | None
     outputs: Permutation | None
+    layout: Layout
 
     @classmethod
     def build(cls, made: MADE, blocks: tuple[int, ...]) -> MADEPlans:
@@ -423,7 +435,9 @@ class MADEPlans:
         skip = None
         if made.skip_layer is not None:
             skip = block_plan(in_deg, out_deg, strict=True, blocks=blocks[-1])
-        return cls(layers, skip, layers[0].columns, layers[-1].rows)
+        masks = [layer.mask for layer in made._masked_layers()]
+        layout = block_layout(made._storage(), masks, [*layers, *([] if skip is None else [skip])])
+        return cls(layers, skip, layers[0].columns, layers[-1].rows, layout)
 
     def to(self, device: torch.device) -> MADEPlans:
         """The same plans with their permutations on ``device``."""
@@ -432,6 +446,7 @@ class MADEPlans:
             None if self.skip is None else self.skip.to(device),
             None if self.inputs is None else self.inputs.to(device),
             None if self.outputs is None else self.outputs.to(device),
+            self.layout.to(device),
         )
 
 
@@ -450,8 +465,9 @@ class BlockPath:
 
     def __init__(self, made: MADE, plans: MADEPlans):
         self.made, self.plans = made, plans
-        self.layers = [*made.layers, made.skip_layer]
         self.layer_plans = [*plans.layers, plans.skip]
+        self.blocks = unpack(made.packed, plans.layout)  # one gather per call
+        self.biases = [layer.bias for layer in made._masked_layers()]
 
     def inputs(self, x: Tensor) -> Tensor:
         """The input ``(*, D)`` as the first layer reads it: ``(D, N)``, sorted by degree."""
@@ -477,11 +493,14 @@ class BlockPath:
 
     def linear(self, k: int, h: Tensor) -> Tensor:
         """Layer ``k`` applied to ``h`` with shape (I, N), by block products: (O, N)."""
-        layer = self.layers[k]
-        return block_linear(h, layer.masked_weight(), layer.bias, self.layer_plans[k])
+        plan, bias = self.layer_plans[k], self.biases[k]
+        if plan.rows is not None and bias is not None:
+            bias = plan.rows(bias, 0)
+        return packed_block_linear(h, self.blocks[k], bias, plan)
 
-    def outputs(self, out: Tensor, batch: torch.Size) -> Tensor:
-        """The outputs ``(D P, N)`` in the dense layout ``(*, D, P)`` (a view)."""
+    def outputs(self, out: Tensor, batch: torch.Size) -> tuple[Tensor, ...]:
+        """The outputs ``(D P, N)`` as :meth:`~arflows.nn.MADE.forward` returns them."""
         if self.plans.outputs is not None:
             out = self.plans.outputs.undo(out, 0)  # back to feature-major order
-        return out.T.reshape(*batch, self.made.features, sum(self.made.param_dims))
+        out = out.T.reshape(*batch, self.made.features, sum(self.made.param_dims))
+        return split_params(out, self.made.param_dims)

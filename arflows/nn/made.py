@@ -12,9 +12,10 @@ from torch import BoolTensor, LongTensor, Tensor, nn
 
 # check_int is imported from here by flows modules not yet moved to arflows.checks.
 from ..checks import INT_AT_LEAST, check_activation, check_int, check_ints, check_last_dim
-from .blocks import BlockPath, MADEPlans, made_blocks
+from .blocks import BlockPath, MADEPlans, made_blocks, split_params
 from .masks import hidden_degrees, input_degrees, mask
 from .orders import MaskSets
+from .packed import Layout, MaskedLayer, PackedWeights, linear_init, pack
 
 
 class MaskedLinear(nn.Linear):
@@ -83,16 +84,7 @@ def broadcast_context(x: Tensor, c: Tensor | None, context: int) -> tuple[Tensor
     return x.expand(*batch, x.shape[-1]), c.expand(*batch, context)
 
 
-def split_params(out: Tensor, param_dims: Sequence[int]) -> tuple[Tensor, ...]:
-    r"""Splits a ``(*, D, P)`` output into one tensor per ``param_dims`` entry.
-
-    An entry ``k`` gives a ``(*, D)`` tensor if ``k == 1`` and a ``(*, D, k)`` tensor otherwise.
-    """
-    parts = out.split(tuple(param_dims), dim=-1)
-    return tuple(p.squeeze(-1) if k == 1 else p for p, k in zip(parts, param_dims, strict=True))
-
-
-class MADE(MaskSets, nn.Module):
+class MADE(MaskSets, PackedWeights, nn.Module):
     r"""Masked autoencoder for distribution estimation, with context, residual and skip options.
 
     The network maps :math:`x \in \mathbb{R}^D` (and a context :math:`c`) to parameters
@@ -108,8 +100,14 @@ class MADE(MaskSets, nn.Module):
     every masked weight is block lower-triangular. The last layer starts at zero, so the
     parameters start at zero and a flow built on it starts at the identity.
 
+    Only the connections are parameters: :attr:`packed` holds the entries every mask keeps
+    (:mod:`arflows.nn.packed`), so gradients and optimizer states skip the masked zeros, and
+    ``layers[k]`` (:class:`~arflows.nn.packed.MaskedLayer`) hold the masks and the biases. The
+    state dict holds dense weights ``layers.{k}.weight`` as dense masked layers do, so models
+    saved before packing load, and :meth:`masked_weights` gives the dense weights.
+
     Large inputs are computed in a transposed :math:`(\text{features}, N)` layout by
-    block-triangular products (:func:`~arflows.nn.blocks.block_linear`) that skip the
+    block-triangular products (:func:`~arflows.nn.packed.packed_block_linear`) that skip the
     masked-out half of every weight, in both the forward and the backward pass. The result
     equals the dense masked products up to the order of summation. The attribute ``blocks``
     chooses the path: ``"auto"`` (the default) takes the block path on CPU when the work is
@@ -196,18 +194,26 @@ class MADE(MaskSets, nn.Module):
         self._hold_sets(sets)
 
         masks = self._masks(in_deg, degrees)
-        self.layers = nn.ModuleList(MaskedLinear(m) for m in masks[: len(hidden_features) + 1])
+        n_layers = len(hidden_features) + 1
+        self.layers = nn.ModuleList(MaskedLayer(m) for m in masks[:n_layers])
+        # The weights are drawn as nn.Linear layers draw them, in the same order as when each
+        # layer held its own (a seed gives the same network), then packed (arflows.nn.packed).
+        params = [linear_init(*m.shape, bias=True) for m in masks[:n_layers]]
         # One projection of the context for every hidden layer (and the outputs with skip),
         # so it can be computed once per call.
         ctx_width = sum(hidden_features) + (features * sum(param_dims) if skip else 0)
         self.context_layer = nn.Linear(context, ctx_width, bias=False) if context else None
-        self.skip_layer = MaskedLinear(masks[-1], bias=False) if skip else None
-
-        for layer in (self.layers[-1], self.skip_layer):
-            if layer is not None:
-                nn.init.zeros_(layer.weight)
-                if layer.bias is not None:
-                    nn.init.zeros_(layer.bias)
+        self.skip_layer = MaskedLayer(masks[-1], bias=False) if skip else None
+        if skip:
+            params.append(linear_init(*masks[-1].shape, bias=False))
+        params[n_layers - 1][0].zero_()  # the outputs start at zero: a flow at the identity
+        params[n_layers - 1][1].zero_()
+        if skip:
+            params[-1][0].zero_()
+        with torch.no_grad():
+            for layer, (_, bias) in zip(self.layers, params, strict=False):
+                layer.bias.copy_(bias)
+        self.packed = nn.Parameter(pack([w for w, _ in params], self._storage()))
         if self.context_layer is not None and skip:
             with torch.no_grad():  # the context's direct path to the outputs starts at zero too
                 self.context_layer.weight[sum(hidden_features) :].zero_()
@@ -216,9 +222,13 @@ class MADE(MaskSets, nn.Module):
             self._check_paths()
         self._activate_set(0)
         self.blocks: int | str | None = "auto"
-        # Block plans by (mask set, blocks, device), derived from the degree buffers; loading
-        # a state dict may replace those, so it clears them.
+        # Block plans and dense layouts by (mask set, [blocks,] device), derived from the degree
+        # buffers; loading a state dict may replace those, so it clears them.
         self._plans: dict[tuple[int, tuple[int, ...], torch.device], MADEPlans] = {}
+        self._layouts: dict[tuple[int, torch.device, bool], Layout] = {}
+        self._choices: dict[int, tuple[int, ...] | None] = {}  # "auto" blocks, by row count
+        # The outputs' parameter-major order (see masked_weights), on the module's device.
+        self.register_buffer("_output_order", self._param_major(), persistent=False)
         self.register_load_state_dict_post_hook(_clear_plans)
 
     @property
@@ -231,7 +241,7 @@ class MADE(MaskSets, nn.Module):
         """The sorted degrees of each hidden layer."""
         return [getattr(self, f"degrees_{k}") for k in range(len(self.hidden_features))]
 
-    def _masked_layers(self) -> list[MaskedLinear]:
+    def _masked_layers(self) -> list[MaskedLayer]:
         """The masked layers: the hidden and output layers, then the skip layer if any."""
         return [*self.layers, *([] if self.skip_layer is None else [self.skip_layer])]
 
@@ -253,7 +263,6 @@ class MADE(MaskSets, nn.Module):
             setattr(self, f"degrees_{j}", deg)
         for layer, new in zip(self._masked_layers(), self._masks(in_deg, degrees), strict=True):
             layer.mask = new
-            layer._float_mask = new.to(layer.weight.dtype)
 
     def connectivity(self) -> BoolTensor:
         r"""Which inputs can reach which features' outputs, from the product of the masks.
@@ -362,7 +371,7 @@ class MADE(MaskSets, nn.Module):
             out = out + path.linear(n_layers, x)
             if ctx[-1] is not None:
                 out = out + ctx[-1]
-        return split_params(path.outputs(out, batch), self.param_dims)  # from (*, D, P)
+        return path.outputs(out, batch)
 
     def _path(self, x: Tensor) -> _DensePath | BlockPath:
         """How to compute the layers' products for ``x``: dense, or by blocks (same math)."""
@@ -404,19 +413,29 @@ class _DensePath:
     """
 
     def __init__(self, made: MADE):
-        self.made, self.layers = made, [*made.layers, made.skip_layer]
+        # One unpack per call; the outputs in parameter-major order, so that each param_dims
+        # entry is a contiguous slice of the output.
+        self.made, self.weights = made, made.masked_weights(param_major=True)
 
     def inputs(self, x: Tensor) -> Tensor:
         return x
 
     def context(self, c: Tensor | None) -> list[Tensor | None]:
-        return self.made.context_terms(c)
+        terms = self.made.context_terms(c)
+        if self.made.skip and terms[-1] is not None:  # the outputs' term, as the rows are
+            terms[-1] = terms[-1].index_select(-1, self.made._output_order)
+        return terms
 
     def linear(self, k: int, h: Tensor) -> Tensor:
-        return self.layers[k](h)
+        return F.linear(h, *self.weights[k])
 
-    def outputs(self, out: Tensor, batch: torch.Size) -> Tensor:
-        return out.unflatten(-1, (self.made.features, sum(self.made.param_dims)))
+    def outputs(self, out: Tensor, batch: torch.Size) -> tuple[Tensor, ...]:
+        d = self.made.features
+        parts = out.split([d * k for k in self.made.param_dims], dim=-1)
+        return tuple(
+            p if k == 1 else p.unflatten(-1, (d, k))
+            for p, k in zip(parts, self.made.param_dims, strict=True)
+        )
 
 
 # Parameter-free elementwise activations and their in-place versions.
@@ -429,6 +448,7 @@ _INPLACE: dict[type[nn.Module], Callable[[Tensor], Tensor]] = {
 
 def _clear_plans(module: nn.Module, incompatible_keys: object) -> None:
     module._plans.clear()
+    module._layouts.clear()
 
 
 def _layer_degrees(

@@ -149,16 +149,16 @@ class _Plan:
         levels = torch.arange(d + 1, device=self.perm.device)
         self.bounds = [torch.searchsorted(deg, levels).tolist() for deg in made.degrees]
 
-        hidden, last = made.layers[:-1], made.layers[-1]
-        self.weights = [layer.weight * layer.mask for layer in hidden]  # (H_k, H_{k-1})
+        layers = made.masked_weights()  # hidden layers, output layer, skip layer
+        hidden, (last, last_bias) = layers[: len(made.degrees)], layers[len(made.degrees)]
+        self.weights = [w for w, _ in hidden]  # (H_k, H_{k-1})
         self.weights[0] = self.weights[0][:, self.perm]  # inputs sorted by degree
-        self.biases = [layer.bias for layer in hidden]
-        self.out_weight = (last.weight * last.mask)[out_perm]  # (D P, H_L)
-        self.out_bias = last.bias[out_perm]
+        self.biases = [b for _, b in hidden]
+        self.out_weight = last[out_perm]  # (D P, H_L)
+        self.out_bias = last_bias[out_perm]
         self.skip_weight = None
         if made.skip_layer is not None:
-            skip = made.skip_layer
-            self.skip_weight = (skip.weight * skip.mask)[out_perm][:, self.perm]  # (D P, D)
+            self.skip_weight = layers[-1][0][out_perm][:, self.perm]  # (D P, D)
 
     def sweep(
         self, y: Tensor, ctx: list[Tensor | None], solve: Solve, track: bool, group: int
