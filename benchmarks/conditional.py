@@ -44,7 +44,9 @@ z-scored by the reference samples, an MLP with two hidden layers of 10 x dim ReL
 early stopping, accuracy of 5-fold cross-validation) between 10,000 reference samples and
 10,000 ``posterior.sample`` draws, for each of the fixed observations (0.5 is the best).
 Sampling time: ``posterior.sample_batched((10000,), x=xs)`` for 100 simulated observations
-(prior predictive, one seed), after a small warm-up call; every estimator goes through sbi's
+(prior predictive, one seed), after a small warm-up call, timed in one process for every
+estimator, interleaved (3 rounds, each calling every estimator once in a rotated order; the
+median); every estimator goes through sbi's
 rejection of samples outside the prior's support (arflows' samples, kept inside a box prior by
 ``support=prior``, are never rejected).
 
@@ -335,6 +337,7 @@ class SbiSettings:
     timing_observations: int = 100
     max_epochs: int | None = None  # None: train()'s default (no cap)
     checked: int = 1  # observations whose grid reference is compared with exact samples
+    rounds: int = 3  # interleaved sampling rounds (the median is reported)
 
 
 def _posterior_nn(*args, **options):  # noqa: ANN002, ANN003, ANN202
@@ -447,8 +450,7 @@ def c2st(reference: np.ndarray, samples: np.ndarray, seed: int = 0) -> float:
 
 
 def time_sampling(posterior, xs, n: int) -> float:  # noqa: ANN001
-    """Seconds of ``posterior.sample_batched((n,), x=xs)`` after a small warm-up call."""
-    posterior.sample_batched((10,), x=xs[:2], show_progress_bars=False)
+    """Seconds of one ``posterior.sample_batched((n,), x=xs)`` call."""
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # sbi warns about the size of the batch
@@ -459,6 +461,21 @@ def time_sampling(posterior, xs, n: int) -> float:  # noqa: ANN001
     return seconds
 
 
+def time_interleaved(posteriors: dict, xs, settings: SbiSettings, say: Callable) -> dict:  # noqa: ANN001
+    """Every posterior's sampling time, interleaved: ``settings.rounds`` rounds, each calling
+    every posterior once in a rotated order, after a small warm-up call each; name -> the
+    times, so that a slow period of the machine hits every estimator alike."""
+    names = list(posteriors)
+    for name in names:
+        posteriors[name].sample_batched((10,), x=xs[:2], show_progress_bars=False)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(settings.rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            times[name].append(time_sampling(posteriors[name], xs, settings.samples))
+            say(f"sampling round {r + 1}: {name} {times[name][-1]:.1f} s")
+    return times
+
+
 def run_task(  # noqa: ANN201
     task,
     estimators: list[str],
@@ -467,8 +484,9 @@ def run_task(  # noqa: ANN201
     say: Callable,  # noqa: ANN001
     save: Callable[[], None],
 ):
-    """One task: training data, observations, references, then each estimator's scores, put
-    into ``out`` (``save()`` after each estimator)."""
+    """One task: training data, observations and references; every estimator trained; their
+    sampling timed interleaved; then each one's C2STs. Put into ``out`` (``save()`` after each
+    step)."""
     import torch
 
     seed = zlib.crc32(task.name.encode()) % 2**31
@@ -504,20 +522,26 @@ def run_task(  # noqa: ANN201
         ]
         out["reference check"] = check
         say(f"{task.name}: reference check {check}")
+    posteriors = {}
     for name in estimators:
-        record: dict = {}
-        out["estimators"][name] = record
+        out["estimators"][name] = record = {}
         try:
-            posterior, trained = train_posterior(task, name, theta, x, 0, settings)
+            posteriors[name], trained = train_posterior(task, name, theta, x, 0, settings)
             record.update(trained)
             say(f"{task.name} {name}: trained {record['epochs']} epochs, "
                 f"{record['train seconds']:.0f} s, {record['parameters']} parameters")  # fmt: skip
-            save()
-            record["sample seconds"] = time_sampling(posterior, xs, settings.samples)
-            say(f"{task.name} {name}: sample_batched(({settings.samples},), "
-                f"{len(xs)} observations) {record['sample seconds']:.1f} s")  # fmt: skip
-            save()
-            record["c2st"] = []
+        except Exception as error:  # noqa: BLE001 (recorded; the run goes on)
+            record["error"] = f"{type(error).__name__}: {error}"
+            say(f"{task.name} {name}: {record['error']}")
+        save()
+    for name, times in time_interleaved(posteriors, xs, settings, say).items():
+        out["estimators"][name] |= {"sample seconds": statistics.median(times),
+                                    "sample seconds, each round": times}  # fmt: skip
+    save()
+    for name, posterior in posteriors.items():
+        record = out["estimators"][name]
+        record["c2st"] = []
+        try:
             for ref, xo in zip(references, x_o, strict=True):
                 torch.manual_seed(seed)
                 draws = posterior.sample((settings.samples,), x=xo, show_progress_bars=False)
@@ -704,17 +728,18 @@ on the train rows and scored on the test rows. Log-likelihoods are per test row,
 the target in its own units (mean ± sd over seeds; higher is better). `linear`: least squares
 with Gaussian noise of the unbiased residual variance. `ngboost`: `NGBRegressor()` defaults
 (Normal); `ngboost-es`: the same, stopped early (`early_stopping_rounds=50` on its
-`validation_fraction=0.1`). `arflows`: `arflows.sklearn.FlowRegressor(seed=seed)`, every option at its default.
-*margin*: arflows' mean minus the best baseline's. Coverage: the share of test targets inside
-each model's central 90% interval (mean ± sd over seeds). *fit s*: mean seconds per fit and
-test scoring."""
+`validation_fraction=0.1`). `arflows`: `arflows.sklearn.FlowRegressor(seed=seed)`, every
+option at its default. *margin*: arflows' mean minus the best baseline's. Coverage: the share
+of test targets inside each model's central 90% interval (mean ± sd over seeds). *fit s*: mean
+seconds per fit and test scoring."""
 
 SBI_LEGEND = """\
 SBI: each task's simulations train every estimator with `NPE(...).train()` defaults. C2ST:
 `sbi.utils.metrics.c2st(reference, samples, classifier="mlp")` (sbibm's MLP classifier,
 5-fold cross-validated accuracy; 0.5 is indistinguishable), for each fixed observation
 (drawn from the prior predictive with a fixed seed). Sampling: one
-`posterior.sample_batched((10000,), x=xs)` call for 100 observations, samples outside the
+`posterior.sample_batched((10000,), x=xs)` call for 100 observations (the median of 3 rounds
+timed interleaved with the other estimators in one process), samples outside the
 prior's support rejected and redrawn (sbi's default, the same path for every estimator;
 arflows' estimators are built with `support=prior`, so a box prior's bounds hold all their
 samples). *parameters*: free weights (entries a mask holds at zero not counted)."""
@@ -769,7 +794,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.seeds = min(args.seeds, 2)
         args.tables = list(QUICK_TABLES) if args.tables is None else args.tables
         args.tasks = list(QUICK_TASKS) if args.tasks is None else args.tasks
-        args.settings = SbiSettings(1_000, 1_000, 1, 10, 20, 1)
+        args.settings = SbiSettings(1_000, 1_000, 1, 10, 20, 1, 1)
     args.tables = list(TABLES) if args.tables is None else args.tables
     args.tasks = list(TASKS) if args.tasks is None else args.tasks
     return args

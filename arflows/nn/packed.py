@@ -310,7 +310,10 @@ class PackedWeights:
                 names, self._masked_layers(), self._stored(), strict=True
             ):
                 key = f"{prefix}{name}.weight"
-                masks.append(state_dict.get(f"{prefix}{name}.mask", layer.mask).bool())
+                mask = state_dict.get(f"{prefix}{name}.mask", layer.mask)
+                # Another shape is reported (by the weight here, by the mask buffer's own
+                # load); the current mask then packs the current weight unchanged.
+                masks.append((mask if mask.shape == current.shape else layer.mask).bool())
                 weight = state_dict.pop(key, None)
                 if weight is None:
                     missing_keys.append(key)

@@ -82,6 +82,14 @@ def test_a_state_with_other_connections_resizes_the_same_parameter():
     optimizer.step()  # the optimizer holds the resized parameter
 
 
+def test_a_state_of_another_width_is_refused_as_a_size_mismatch_and_changes_nothing():
+    narrow, wide = MADE(2, hidden_features=(16, 16)), MADE(2, hidden_features=(32, 32))
+    before = wide.packed.detach().clone()
+    with pytest.raises(RuntimeError, match=r"size mismatch for layers\.0\.weight"):
+        wide.load_state_dict(narrow.state_dict())
+    assert torch.equal(wide.packed, before)
+
+
 @settings(max_examples=150, deadline=None)
 @given(layouts(), st.integers(1, 4), st.booleans())
 def test_packed_block_product_equals_the_dense_masked_product(layout, n, bias):
