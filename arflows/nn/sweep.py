@@ -28,10 +28,11 @@ from __future__ import annotations
 
 __all__ = ["made_sweep"]
 
+import functools
 from collections.abc import Callable
 
 import torch
-from torch import LongTensor, Tensor
+from torch import LongTensor, Tensor, nn
 from torch.autograd.function import FunctionCtx
 
 from ..checks import check_at_least, check_last_dim
@@ -117,6 +118,7 @@ def made_sweep(
     if n == 0:  # nothing to solve
         return y.new_zeros(*batch, d)
     plan = _Plan(made)
+    bases = plan.bases(terms)
     track = torch.is_grad_enabled() and (
         y.requires_grad
         or (c is not None and c.requires_grad)
@@ -125,11 +127,12 @@ def made_sweep(
     chunks = []
     size = -(-n // -(-n // chunk_size))  # equal chunks of at most chunk_size rows
     for start in range(0, n, size):
-        rows = slice(start, min(start + size, n))
-        ctx_rows = [
-            None if t is None else t[rows] if index is None else t[index[rows]] for t in terms
-        ]
-        chunks.append(plan.sweep(y[rows], ctx_rows, solve, track, group))
+        stop = min(start + size, n)
+        cols = torch.arange(start, stop, device=y.device) if index is None else index[start:stop]
+        # Each chunk's columns of the bases, gathered into fresh (H_k, N) tensors that the
+        # sweep may fill in place; a (H_k, 1) base (a bias, or one context) is shared.
+        chunk_bases = [b if b.shape[1] == 1 else b.index_select(1, cols) for b in bases]
+        chunks.append(plan.sweep(y[start:stop], chunk_bases, solve, track, group))
     x = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
     return x.reshape(*batch, d)
 
@@ -141,6 +144,7 @@ class _Plan:
         d, n_params = made.features, sum(made.param_dims)
         self.features, self.param_dims = d, made.param_dims
         self.activation, self.residual = made.activation, made.residual
+        self.activate_into = _INTO.get(type(made.activation))
         self.perm: LongTensor = made.input_degrees.argsort()  # feature solved at step j
         out_perm = (self.perm[:, None] * n_params + torch.arange(n_params).to(self.perm)).ravel()
         self.out_perm = out_perm  # output rows, feature of degree 1 first
@@ -160,20 +164,32 @@ class _Plan:
         if made.skip_layer is not None:
             self.skip_weight = layers[-1][0][out_perm][:, self.perm]  # (D P, D)
 
+    def bases(self, terms: list[Tensor | None]) -> list[Tensor]:
+        """Each hidden layer's, then the outputs', bias plus context term, sweep's layout.
+
+        Shapes (rows, N_c) for the context terms' N_c rows, or (rows, 1) without context.
+        """
+        biases = [*self.biases, self.out_bias]
+        terms = [*terms[:-1], None if terms[-1] is None else terms[-1][:, self.out_perm]]
+        return [
+            b[:, None] if t is None else (t + b).T.contiguous()
+            for b, t in zip(biases, terms, strict=True)
+        ]
+
     def sweep(
-        self, y: Tensor, ctx: list[Tensor | None], solve: Solve, track: bool, group: int
+        self, y: Tensor, bases: list[Tensor], solve: Solve, track: bool, group: int
     ) -> Tensor:
-        """Inverts one chunk: ``y`` with shape (N, D), context terms with shapes (N, H_k)."""
+        """Inverts one chunk: ``y`` with shape (N, D).
+
+        ``bases`` come from :meth:`bases`, each with shape (rows, N) when gathered for this
+        chunk (then filled in place), or a shared (rows, 1) to broadcast (never written).
+        """
         d, n, perm = self.features, y.shape[0], self.perm
         # Columns are rows of the batch, so every degree prefix is one contiguous slab.
         y_sorted = y.T[perm]  # (D, N)
-        bases = [  # bias plus context: (H_k, N), or (H_k, 1) to broadcast
-            b[:, None] if t is None else (t + b).T.contiguous()
-            for b, t in zip(self.biases, ctx[:-1], strict=True)
-        ]
-        out_base = self.out_bias[:, None]
-        if ctx[-1] is not None:
-            out_base = (ctx[-1][:, self.out_perm] + self.out_bias).T.contiguous()  # (D P, N)
+        # A shared (rows, 1) base is copied before it accumulates, even when N is 1.
+        shared = [b.shape[1] == 1 for b in bases]
+        bases, out_base = bases[:-1], bases[-1]
 
         empty = dict(dtype=y.dtype, device=y.device)
         # Sources: 0 the inputs (solved features, by degree), k + 1 hidden layer k's
@@ -229,11 +245,11 @@ class _Plan:
             known = [self.known(s, g0) for s in range(len(bufs))]
             old = [len(nodes) for nodes in blocks]
             accs, news = [], []  # per consumer: rows by degree; in-group weight columns
-            for (bounds, terms, _), (weight_tiles, base_tiles) in zip(
-                consumers, tiles, strict=True
+            for (bounds, terms, _), (weight_tiles, base_tiles), copy in zip(
+                consumers, tiles, shared, strict=True
             ):
                 acc = base_tiles[g]
-                if not track:
+                if not track and copy:
                     acc = acc.expand(-1, n).clone(memory_format=torch.contiguous_format)
                 sizes = [bounds[j + 1] - bounds[j] for j in range(g0, g1)]
                 new = []
@@ -261,10 +277,15 @@ class _Plan:
                     if self.residual and k > 0:
                         out = h + out if track else out.add_(h)
                     h = out  # (units of degree j, N)
-                    a = self.activation(h)
-                    bufs[k + 1][bounds[j] : bounds[j + 1]] = a.detach()
+                    into = bufs[k + 1][bounds[j] : bounds[j + 1]]
                     if track:
+                        a = self.activation(h)
+                        into.copy_(a.detach())
                         blocks[k + 1].append(a)
+                    elif self.activate_into is not None:
+                        self.activate_into(h, out=into)  # one pass, h kept for residual sums
+                    else:
+                        into.copy_(self.activation(h))
 
                 out = out.expand(n_params, n)  # (P, N): the feature of degree j + 1
                 params = tuple(
@@ -286,6 +307,14 @@ class _Plan:
     def needed(self, s: int, j: int) -> int:
         """How many units of source ``s`` step ``j`` reads (and has computed)."""
         return j if s == 0 else self.bounds[s - 1][j + 1]
+
+
+# Parameter-free activations that write into a given buffer (``out=``).
+_INTO: dict[type[nn.Module], Callable[..., Tensor]] = {
+    nn.ReLU: functools.partial(torch.clamp_min, min=0),
+    nn.Tanh: torch.tanh,
+    nn.Sigmoid: torch.sigmoid,
+}
 
 
 class _PrefixAffine(torch.autograd.Function):

@@ -256,6 +256,13 @@ class SupportTransform(Transform):
 
     def _inverse_and_ladj(self, y: Tensor) -> tuple[Tensor, Tensor]:
         r""":math:`x`, strictly inside, and :math:`\log |\partial x / \partial y|` there."""
+        x = self._inverse(y)
+        # The log-determinant at the point returned, from its own gaps to the bounds: a
+        # sample's density is the one log_prob gives it, also where x was clamped or rounded.
+        return x, -self._forward(x)[1]
+
+    def _inverse(self, y: Tensor) -> Tensor:
+        """:math:`x`, strictly inside (sampling needs no log-determinant)."""
         parts = self._parts(y)
         lower, upper, both, low, up, a, b, width = parts[:8]
         # The smallest gaps that keep x strictly inside: a bound to its inner neighbour, and
@@ -279,13 +286,7 @@ class SupportTransform(Transform):
         x = torch.where(both | low | up, torch.where(near_up, b - g, a + g), y)
         # A last guard, also against a + g overflowing: the gaps above already keep x inside.
         # (Not min/max: at a tie they would halve the gradient of an x that needs no guard.)
-        x = torch.where(x < first, first, torch.where(x > last, last, x))
-        # The log-determinant at the point returned, from its own gaps to the bounds: a
-        # sample's density is the one log_prob gives it, also where x was clamped or rounded.
-        return x, -self._forward(x)[1]
-
-    def _inverse(self, y: Tensor) -> Tensor:
-        return self._inverse_and_ladj(y)[0]
+        return torch.where(x < first, first, torch.where(x > last, last, x))
 
     def inverse_ladj(self, y: Tensor) -> Tensor:
         r""":math:`\log |\partial x / \partial y|` of the inverse (shape of y).

@@ -220,6 +220,23 @@ def test_chunking_agrees_with_the_whole_batch(dtype, context):
     torch.testing.assert_close(g_chunked, g_whole, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("context, batches", [(0, ((), ())), (0, ((4,), ())), (2, ((1,), ())),
+                                              (2, ((3,), (1,))), (2, ((6,), (6,)))])
+def test_the_sweep_writes_no_parameter_and_no_context(context, batches):
+    # Its accumulators start from the biases and context terms; shared ones (a bias, one
+    # context for every row) must be copied before they are filled in place.
+    made = randomize(MADE(4, hidden_features=(12, 12), context=context), seed=1)
+    before = {k: v.clone() for k, v in made.state_dict().items()}
+    y, c = inputs(made, *batches, torch.float32, 0)
+    c_before = None if c is None else c.clone()
+    with torch.no_grad():
+        first = made_sweep(made, y, solve, c)
+        again = made_sweep(made, y, solve, c)
+    assert all(torch.equal(v, before[k]) for k, v in made.state_dict().items())
+    assert c is None or torch.equal(c, c_before)
+    assert torch.equal(first, again)
+
+
 def test_identity_at_initialisation_and_empty_batch():
     made = MADE(5, hidden_features=(16, 16), context=2)  # zero last layer: zero parameters
     y, c = torch.randn(7, 5), torch.randn(7, 2)
