@@ -13,6 +13,7 @@ __all__ = [
     "model_metadata",
     "names",
     "output_path",
+    "read_contexts",
     "read_for_model",
     "scores",
     "short",
@@ -69,6 +70,39 @@ def model_metadata(flow: Flow) -> dict:
             f"indices in [0, {flow.features})"
         )
     return metadata
+
+
+def read_contexts(path: Path, columns: list[str], model_dir: Path) -> Tensor:
+    """The context columns of a table (an NPZ's context array, an NPY's columns by position).
+
+    Args:
+        path: The table.
+        columns: The model's context column names, :math:`C` of them.
+        model_dir: The model's folder, for errors.
+
+    Returns:
+        The contexts, with shape :math:`(N, C)`.
+
+    Raises:
+        DataError: For an unreadable table, missing columns (named with the model's), or an
+            array with another number of columns.
+    """
+    if path.suffix.lower() in (".npy", ".npz"):
+        table = read_table(path)
+        values = table.x if table.c is None else table.c
+    else:
+        try:
+            values = read_table(path, columns=columns).x
+        except DataError as error:
+            raise DataError(
+                f"{error}; the model in {model_dir} takes context {', '.join(columns)}"
+            ) from None
+    if values.shape[1] != len(columns):
+        raise DataError(
+            f"{path} has {values.shape[1]} columns but the model in {model_dir} takes "
+            f"{len(columns)} context columns ({', '.join(columns)})"
+        )
+    return values
 
 
 def read_for_model(path: Path, flow: Flow, model_dir: Path) -> Table:

@@ -12,13 +12,11 @@ import torch
 from torch import Tensor
 
 from ..data import (
-    DataError,
     ParquetStream,
     Table,
     dequantize,
     floor_to_grid,
     load_dataset,
-    read_table,
 )
 from ..diagnostics import (
     calibration,
@@ -42,6 +40,7 @@ from .common import (
     model_metadata,
     names,
     output_path,
+    read_contexts,
     read_for_model,
     scores,
     split,
@@ -207,7 +206,7 @@ def _conditional_samples(
             )
         contexts = torch.tensor([args.context])
     elif args.context_file is not None:
-        contexts = _read_contexts(args.context_file, context_columns, args.model)
+        contexts = read_contexts(args.context_file, context_columns, args.model)
     else:
         raise ValueError(
             f"the model in {args.model} is conditional on "
@@ -219,24 +218,6 @@ def _conditional_samples(
     return torch.cat([contexts[:, None, :].expand(-1, n, -1), drawn], dim=-1).reshape(
         -1, context + flow.features
     )
-
-
-def _read_contexts(path: Path, columns: list[str], model_dir: Path) -> Tensor:
-    if path.suffix.lower() in (".npy", ".npz"):
-        table = read_table(path)
-    else:
-        try:
-            table = read_table(path, columns=columns)
-        except DataError as error:
-            raise DataError(
-                f"{error}; the model in {model_dir} takes context {', '.join(columns)}"
-            ) from None
-    if table.x.shape[1] != len(columns):
-        raise DataError(
-            f"{path} has {table.x.shape[1]} columns but the model in {model_dir} takes "
-            f"{len(columns)} context columns ({', '.join(columns)})"
-        )
-    return table.x
 
 
 # --- score ----------------------------------------------------------------------------------

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
-__all__ = ["add_parser", "predict", "read_contexts"]
+__all__ = ["add_parser", "predict"]
 
 import argparse
 import math
 from pathlib import Path
 
 import torch
-from torch import Tensor
 
-from ..data import DataError, floor_to_grid, read_table
+from ..data import floor_to_grid
 from ..flows import mean, quantiles
 from ..io import load
-from .common import dims, grid, model_metadata, names, output_path, summary_stream, write
+from .common import (
+    dims,
+    grid,
+    model_metadata,
+    names,
+    output_path,
+    read_contexts,
+    summary_stream,
+    write,
+)
 from .parsing import add_command, output_argument, positive_int
 
 # The quantiles written when --quantiles is not given.
@@ -86,39 +94,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the draws (0)")
     output_argument(p)
     p.set_defaults(run=predict)
-
-
-def read_contexts(path: Path, columns: list[str], model_dir: Path) -> Tensor:
-    """The context columns of a table (an NPZ's context array, an NPY's columns by position).
-
-    Args:
-        path: The table.
-        columns: The model's context column names, :math:`C` of them.
-        model_dir: The model's folder, for errors.
-
-    Returns:
-        The contexts, with shape :math:`(N, C)`.
-
-    Raises:
-        DataError: For an unreadable table, missing columns (named with the model's), or an
-            array with another number of columns.
-    """
-    if path.suffix.lower() in (".npy", ".npz"):
-        table = read_table(path)
-        values = table.x if table.c is None else table.c
-    else:
-        try:
-            values = read_table(path, columns=columns).x
-        except DataError as error:
-            raise DataError(
-                f"{error}; the model in {model_dir} takes context {', '.join(columns)}"
-            ) from None
-    if values.shape[1] != len(columns):
-        raise DataError(
-            f"{path} has {values.shape[1]} columns but the model in {model_dir} takes "
-            f"{len(columns)} context columns ({', '.join(columns)})"
-        )
-    return values
 
 
 def _header(columns: list[str], probs: list[float], with_mean: bool) -> list[str]:
