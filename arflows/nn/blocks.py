@@ -52,7 +52,7 @@ from torch.autograd.function import FunctionCtx
 
 from ..checks import check_at_least, check_int
 from .masks import mask
-from .packed import Layout, block_layout, packed_block_linear, unpack
+from .packed import Layout, block_layout, block_products, packed_block_linear, unpack
 
 if TYPE_CHECKING:  # the MADE module imports this one
     from .made import MADE
@@ -270,18 +270,9 @@ class _BlockLinear(torch.autograd.Function):
     ) -> Tensor:
         ctx.save_for_backward(weight, x)
         ctx.plan = plan
-        y = x.new_empty(weight.shape[0], x.shape[1])  # (O, N)
-        for r0, r1, (lo, hi) in zip(plan.bounds[:-1], plan.bounds[1:], plan.ranges, strict=True):
-            out = y[r0:r1]
-            if lo == hi and bias is None:  # these rows read nothing
-                out.zero_()
-            elif lo == hi:
-                out.copy_(bias[r0:r1, None])
-            elif bias is None:
-                torch.mm(weight[r0:r1, lo:hi], x[lo:hi], out=out)
-            else:
-                torch.addmm(bias[r0:r1, None], weight[r0:r1, lo:hi], x[lo:hi], out=out)
-        return y
+        bounds = zip(plan.bounds[:-1], plan.bounds[1:], plan.ranges, strict=True)
+        blocks = [(r0, r1, lo, hi, weight[r0:r1, lo:hi]) for r0, r1, (lo, hi) in bounds]
+        return block_products(x, bias, blocks, weight.shape[0])
 
     @staticmethod
     def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor | None, ...]:  # noqa: D102

@@ -381,18 +381,7 @@ class _PackedBlockLinear(torch.autograd.Function):
     ) -> Tensor:
         ctx.save_for_backward(flat, x)
         ctx.plan = plan
-        y = x.new_empty(plan.bounds[-1], x.shape[1])  # (O, N)
-        for r0, r1, lo, hi, w in _blocks(flat, plan):
-            out = y[r0:r1]
-            if lo == hi and bias is None:  # these rows read nothing
-                out.zero_()
-            elif lo == hi:
-                out.copy_(bias[r0:r1, None])
-            elif bias is None:
-                torch.mm(w, x[lo:hi], out=out)
-            else:
-                torch.addmm(bias[r0:r1, None], w, x[lo:hi], out=out)
-        return y
+        return block_products(x, bias, _blocks(flat, plan), plan.bounds[-1])
 
     @staticmethod
     def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor | None, ...]:  # noqa: D102
@@ -421,6 +410,35 @@ class _PackedBlockLinear(torch.autograd.Function):
         if need_x:
             grad_x = _input_grad(grad, x, blocks)
         return grad_w, grad_b, grad_x, None
+
+
+def block_products(
+    x: Tensor, bias: Tensor | None, blocks: Sequence[tuple[int, int, int, int, Tensor]], rows: int
+) -> Tensor:
+    """:math:`W x + b` from the blocks of :math:`W`: rows ``r0:r1`` read columns ``lo:hi``.
+
+    Args:
+        x: The input, with shape :math:`(I, N)`.
+        bias: The bias, with shape :math:`(O,)`, or ``None``.
+        blocks: ``(r0, r1, lo, hi, w)`` for every row block, ``w`` of shape
+            :math:`(r_1 - r_0, hi - lo)`; together the blocks cover the :math:`O` rows.
+        rows: :math:`O`.
+
+    Returns:
+        The output, with shape :math:`(O, N)`.
+    """
+    y = x.new_empty(rows, x.shape[1])
+    for r0, r1, lo, hi, w in blocks:
+        out = y[r0:r1]
+        if lo == hi and bias is None:  # these rows read nothing
+            out.zero_()
+        elif lo == hi:
+            out.copy_(bias[r0:r1, None])
+        elif bias is None:
+            torch.mm(w, x[lo:hi], out=out)
+        else:
+            torch.addmm(bias[r0:r1, None], w, x[lo:hi], out=out)
+    return y
 
 
 def _blocks(flat: Tensor, plan: BlockPlan) -> list[tuple[int, int, int, int, Tensor]]:
