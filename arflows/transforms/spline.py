@@ -22,11 +22,25 @@ MIN_DERIVATIVE = 1e-3
 _UNIT_SHIFT = math.log(math.expm1(1 - MIN_DERIVATIVE))
 
 
+def _last_max(t: Tensor) -> Tensor:
+    """The maximum over the last dimension, kept: (*, K) -> (*, 1).
+
+    By halves (``torch.maximum`` of the two halves, K/2 wide, then K/4, ...): on a short last
+    dimension of a strided tensor (a MADE's outputs) that is faster than ``amax``'s reduction
+    kernel, with the same value.
+    """
+    while t.shape[-1] > 1:
+        half = t.shape[-1] // 2
+        top = torch.maximum(t[..., :half], t[..., half : 2 * half])
+        t = top if t.shape[-1] % 2 == 0 else torch.cat((top, t[..., 2 * half :]), dim=-1)
+    return t
+
+
 def _cumulative(unnormalized: Tensor) -> Tensor:
     """Unnormalised cumulative bin sizes, without the leading zero: (*, K) -> (*, K)."""
     # softmax by hand (torch's CPU kernel is slow on a short last dim) and unnormalised: the
     # division by the total is done after the gather, on K times fewer values.
-    e = (unnormalized - unnormalized.amax(dim=-1, keepdim=True)).exp()
+    e = (unnormalized - _last_max(unnormalized)).exp()
     return torch.cumsum(e, dim=-1)
 
 

@@ -112,3 +112,13 @@ def test_large_batches_take_the_same_bins_and_values():
         y_small, ladj_small = small.call_and_ladj(x[rows])
         assert torch.equal(y[rows], y_small) and torch.equal(ladj[rows], ladj_small)
         assert torch.equal(t.inv(y)[rows], small.inv(y_small))
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 7, 8, 9, 16])
+def test_last_max_by_halves_equals_amax(k):
+    from arflows.transforms.spline import _last_max
+
+    t = torch.randn(50, 40)[:, :k * 2].unflatten(-1, (2, k))  # strided, as a MADE's outputs
+    t[0, 0, -1] = 1e30  # the largest in the last place, and a tie elsewhere
+    t[1, 1, :] = 3.0
+    assert torch.equal(_last_max(t), t.amax(dim=-1, keepdim=True))
