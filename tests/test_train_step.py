@@ -61,3 +61,20 @@ def test_split_indices_cuts_one_permutation_into_disjoint_parts():
 def test_split_indices_refuses_sizes_that_do_not_add_up(sizes):
     with pytest.raises(ValueError, match="add up to 10"):
         split_indices(10, sizes)
+
+
+@pytest.mark.parametrize("max_norm", [1e-3, 0.5, 1e6])
+def test_clip_gradients_scales_as_torchs_clipping_and_returns_the_norm(max_norm):
+    from arflows.train.step import clip_gradients
+
+    ours, theirs = (arflows.MAF(3, transforms=2, hidden_features=(8,)).double() for _ in "ab")
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(40, 3, dtype=torch.float64)
+    for flow in (ours, theirs):
+        (-flow().log_prob(x).mean()).backward()
+    norm = clip_gradients(list(ours.parameters()), max_norm)
+    expected = torch.nn.utils.clip_grad_norm_(list(theirs.parameters()), max_norm)
+    assert norm == pytest.approx(expected.item(), rel=1e-12)
+    for p, q in zip(ours.parameters(), theirs.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-12, atol=0)
+    assert clip_gradients([torch.nn.Parameter(torch.zeros(2))], 1.0) == 0.0  # no gradients

@@ -225,7 +225,7 @@ class MADE(MaskSets, PackedWeights, nn.Module):
         # Block plans and dense layouts by (mask set, [blocks,] device), derived from the degree
         # buffers; loading a state dict may replace those, so it clears them.
         self._plans: dict[tuple[int, tuple[int, ...], torch.device], MADEPlans] = {}
-        self._layouts: dict[tuple[int, torch.device, bool], Layout] = {}
+        self._layouts: dict[tuple[int, torch.device, bool | str], Layout] = {}
         self._choices: dict[int, tuple[int, ...] | None] = {}  # "auto" blocks, by row count
         # The outputs' parameter-major order (see masked_weights), on the module's device.
         self.register_buffer("_output_order", self._param_major(), persistent=False)

@@ -285,9 +285,17 @@ class PackedWeights:
 
     def _stored(self, storage: list[BoolTensor] | None = None) -> tuple[Tensor, ...]:
         """Each masked layer's weight (O, I), zeros where nothing is stored, detached."""
-        storage = self._storage() if storage is None else storage
+        if storage is None:  # the current storage: its layout is kept (state dicts are
+            # taken every epoch that improves, to keep the best weights)
+            key = (self._mask_index, self.packed.device, "stored")
+            if key not in self._layouts:
+                storage = self._storage()
+                self._layouts[key] = dense_layout(storage, storage).to(self.packed.device)
+            layout = self._layouts[key]
+        else:
+            layout = dense_layout(storage, storage).to(self.packed.device)
         with torch.no_grad():
-            return unpack(self.packed, dense_layout(storage, storage).to(self.packed.device))
+            return unpack(self.packed, layout)
 
     def _load_from_state_dict(
         self,

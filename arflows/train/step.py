@@ -141,11 +141,10 @@ class Step:
                 loss.backward()
                 norm = None
                 if self.clip_grad is not None:
-                    norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip_grad)
+                    norm = clip_gradients(self.params, self.clip_grad)
                 # The checks read the device once per step (a non-finite loss's backward pass
-                # and clipping change no weight); all processes see the same sums and norm.
+                # changes no weight); all processes see the same sums and norm.
                 value, rows = result()
-                norm = None if norm is None else norm.item()
                 failure = None
                 if not math.isfinite(value):
                     failure = f"the loss became {-value}"
@@ -172,6 +171,26 @@ class Step:
             # A finite loss with a non-finite gradient (no clipping) poisons the weights.
             return total, seen, f"the weights became non-finite at epoch {epoch}, step {step}"
         return total, seen, None
+
+
+def clip_gradients(params: list[nn.Parameter], max_norm: float) -> float:
+    """Scales the gradients to a total 2-norm of at most ``max_norm``; returns the norm before.
+
+    As :func:`torch.nn.utils.clip_grad_norm_` (the factor ``max_norm / (norm + 1e-6)``), but
+    the norm is read first and the gradients are scaled only when it is over: most steps of a
+    fit are not clipped, and the read is the step's one read of the device anyway. A
+    non-finite norm scales nothing (the step is refused).
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    # Each tensor's norm in one call (as torch's clipping computes them), then their norm.
+    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))).item()
+    if norm + 1e-6 > max_norm:  # also False for NaN
+        factor = max_norm / (norm + 1e-6)
+        for g in grads:
+            g.mul_(factor)
+    return norm
 
 
 def _to(t: Tensor, device: torch.device) -> Tensor:
