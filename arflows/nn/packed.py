@@ -224,16 +224,22 @@ class PackedWeights:
     :math:`(O, I)`), so that saved models read the same before and after packing.
     """
 
-    def _storage(self) -> list[BoolTensor]:
+    def _storage(self, masks: list[BoolTensor] | None = None) -> list[BoolTensor]:
         """Which entries of each masked layer's weight :attr:`packed` holds.
 
         With one mask set, the masks' (the connections); with several, every entry: the sets
-        read different entries of one weight.
+        read different entries of one weight. ``masks``: the layers' (by default), or masks
+        being loaded.
         """
-        layers = self._masked_layers()
-        if self.orders == 1:
-            return [layer.mask for layer in layers]
-        return [torch.ones_like(layer.mask) for layer in layers]
+        if masks is None:
+            masks = [layer.mask for layer in self._masked_layers()]
+        return masks if self.orders == 1 else [torch.ones_like(m) for m in masks]
+
+    def _weight_names(self) -> list[str]:
+        """The state-dict names of the masked layers (as dense ``MaskedLinear`` layers)."""
+        return [f"layers.{k}" for k in range(len(self.layers))] + (
+            [] if self.skip_layer is None else ["skip_layer"]
+        )
 
     def masked_weights(self, param_major: bool = False) -> list[tuple[Tensor, Tensor | None]]:
         r"""Each masked layer's dense masked weight (from :attr:`packed`) and bias.
@@ -278,24 +284,18 @@ class PackedWeights:
         # MaskedLinear layers: saved models read the same before and after packing.
         super()._save_to_state_dict(destination, prefix, keep_vars)
         del destination[prefix + "packed"]
-        names = [f"layers.{k}" for k in range(len(self.layers))]
-        names += [] if self.skip_layer is None else ["skip_layer"]
-        for name, weight in zip(names, self._stored(), strict=True):
+        for name, weight in zip(self._weight_names(), self._stored(), strict=True):
             destination[f"{prefix}{name}.weight"] = weight
 
-    def _stored(self, storage: list[BoolTensor] | None = None) -> tuple[Tensor, ...]:
+    def _stored(self) -> tuple[Tensor, ...]:
         """Each masked layer's weight (O, I), zeros where nothing is stored, detached."""
-        if storage is None:  # the current storage: its layout is kept (state dicts are
-            # taken every epoch that improves, to keep the best weights)
-            key = (self._mask_index, self.packed.device, "stored")
-            if key not in self._layouts:
-                storage = self._storage()
-                self._layouts[key] = dense_layout(storage, storage).to(self.packed.device)
-            layout = self._layouts[key]
-        else:
-            layout = dense_layout(storage, storage).to(self.packed.device)
+        # The layout is kept: state dicts are taken every epoch that improves (the best weights).
+        key = (self._mask_index, self.packed.device, "stored")
+        if key not in self._layouts:
+            storage = self._storage()
+            self._layouts[key] = dense_layout(storage, storage).to(self.packed.device)
         with torch.no_grad():
-            return unpack(self.packed, layout)
+            return unpack(self.packed, self._layouts[key])
 
     def _load_from_state_dict(
         self,
@@ -311,11 +311,9 @@ class PackedWeights:
         # being loaded; a mask that keeps another number of entries (another network's random
         # degrees) resizes the parameter in place, so an optimizer holding it keeps working.
         if prefix + "packed" not in state_dict:
-            names = [f"layers.{k}" for k in range(len(self.layers))]
-            names += [] if self.skip_layer is None else ["skip_layer"]
             weights, masks = [], []
             for name, layer, current in zip(
-                names, self._masked_layers(), self._stored(), strict=True
+                self._weight_names(), self._masked_layers(), self._stored(), strict=True
             ):
                 key = f"{prefix}{name}.weight"
                 mask = state_dict.get(f"{prefix}{name}.mask", layer.mask)
@@ -333,8 +331,7 @@ class PackedWeights:
                     )
                     weight = None
                 weights.append(current if weight is None else weight.to(current.device))
-            storage = masks if self.orders == 1 else [torch.ones_like(m) for m in masks]
-            packed = pack(weights, [m.to(self.packed.device) for m in storage])
+            packed = pack(weights, [m.to(self.packed.device) for m in self._storage(masks)])
             if packed.shape != self.packed.shape:
                 self.packed.data = self.packed.data.new_empty(packed.shape)
             state_dict[prefix + "packed"] = packed
